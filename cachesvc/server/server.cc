@@ -1,0 +1,166 @@
+#include "cachesvc/server/server.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <prometheus/exposer.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "common/units.h"
+
+namespace kvc {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " '", path, "'"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerOptions& o) {
+  if (o.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions ssl;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  KVC_ASSIGN_OR_RETURN(pair.cert_chain, ReadFile(o.tls_cert_file, "TLS certificate"));
+  KVC_ASSIGN_OR_RETURN(pair.private_key, ReadFile(o.tls_key_file, "TLS private key"));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CacheServer>> CacheServer::Start(const ServerOptions& options, Clock* clock) {
+  KVC_RETURN_IF_ERROR(options.Validate());
+  auto srv = std::unique_ptr<CacheServer>(new CacheServer());
+  srv->options_ = options;
+
+  if (options.auth_tokens_file.empty()) {
+    srv->tenants_ = TenantRegistry::Disabled();
+    KVC_LOG(kWarning, "auth_disabled")
+        .With("detail", "no auth_tokens_file: any caller may use any tenant; for development only");
+  } else {
+    KVC_ASSIGN_OR_RETURN(srv->tenants_, TenantRegistry::FromFile(options.auth_tokens_file));
+  }
+  KVC_ASSIGN_OR_RETURN(auto creds, Credentials(options));
+
+  std::error_code ec;
+  std::filesystem::create_directories(options.data_dir, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create data_dir '", options.data_dir, "': ", ec.message()));
+  }
+
+  TieredStoreOptions store_opts;
+  store_opts.clock = clock;
+  store_opts.host.capacity_bytes = options.host_capacity_bytes;
+  store_opts.host.num_shards = options.host_shards;
+  store_opts.disk.path = (std::filesystem::path(options.data_dir) / "rocksdb").string();
+  store_opts.disk.capacity_bytes = options.disk_capacity_bytes;
+  store_opts.disk.block_cache_bytes = options.disk_block_cache_bytes;
+  const TenantRegistry* tenants = srv->tenants_.get();
+  if (tenants->enabled()) {
+    store_opts.tenant_quota = [tenants](absl::string_view t) { return tenants->QuotaFor(t); };
+  }
+  const absl::Time open_start = absl::Now();
+  KVC_ASSIGN_OR_RETURN(srv->store_, TieredStore::Open(std::move(store_opts)));
+  {
+    const StoreStats s = srv->store_->Stats();
+    KVC_LOG(kInfo, "store_opened")
+        .With("data_dir", options.data_dir)
+        .With("disk_blocks", s.disk.blocks)
+        .With("disk_bytes", s.disk.bytes)
+        .With("open_ms", absl::ToInt64Milliseconds(absl::Now() - open_start));
+  }
+
+  srv->metrics_ = std::make_unique<ServiceMetrics>(srv->store_.get());
+  srv->executor_ = std::make_unique<BoundedExecutor>("requests", options.worker_threads,
+                                                     options.max_queued_requests);
+  srv->service_ = std::make_unique<CacheService>(srv->store_.get(), tenants, options.limits,
+                                                 srv->executor_.get(), srv->metrics_.get(), clock);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen_address, creds, &srv->port_);
+  builder.RegisterService(srv->service_.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.limits.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.limits.max_message_bytes));
+  srv->server_ = builder.BuildAndStart();
+  if (srv->server_ == nullptr || srv->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen_address, "'"));
+  }
+  srv->server_->GetHealthCheckService()->SetServingStatus(true);
+
+  if (!options.metrics_address.empty()) {
+    try {
+      srv->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_address, 2);
+    } catch (const std::exception& e) {
+      srv->Shutdown();
+      return absl::UnavailableError(
+          absl::StrCat("cannot serve metrics on '", options.metrics_address, "': ", e.what()));
+    }
+    srv->exposer_->RegisterCollectable(srv->metrics_->registry());
+    srv->exposer_->RegisterCollectable(srv->metrics_->store_collector());
+    const std::vector<int> ports = srv->exposer_->GetListeningPorts();
+    srv->metrics_port_ = ports.empty() ? 0 : ports[0];
+  }
+
+  if (!options.port_file.empty()) {
+    const std::string tmp = options.port_file + ".tmp";
+    {
+      std::ofstream out(tmp);
+      out << srv->port_ << "\n";
+    }
+    std::filesystem::rename(tmp, options.port_file, ec);
+    if (ec) {
+      srv->Shutdown();
+      return absl::FailedPreconditionError(absl::StrCat("cannot write port_file '", options.port_file, "'"));
+    }
+  }
+  KVC_LOG(kInfo, "server_started")
+      .With("port", srv->port_)
+      .With("metrics_port", srv->metrics_port_)
+      .With("tls", !options.tls_cert_file.empty())
+      .With("auth", tenants->enabled())
+      .With("tenants", static_cast<uint64_t>(tenants->size()))
+      .With("host_capacity", FormatBytes(options.host_capacity_bytes))
+      .With("disk_capacity", FormatBytes(options.disk_capacity_bytes));
+  return srv;
+}
+
+CacheServer::~CacheServer() { Shutdown(); }
+
+void CacheServer::Shutdown() {
+  {
+    absl::MutexLock lock(&shutdown_mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+  }
+  const absl::Time start = absl::Now();
+  if (server_) {
+    server_->GetHealthCheckService()->SetServingStatus(false);
+    server_->Shutdown(std::chrono::system_clock::now() +
+                      std::chrono::milliseconds(absl::ToInt64Milliseconds(options_.shutdown_grace)));
+  }
+  if (executor_) executor_->Shutdown();
+  if (server_) server_->Wait();
+  exposer_.reset();
+  if (store_ && options_.flush_host_on_shutdown) {
+    absl::Status s = store_->FlushHostToDisk();
+    if (!s.ok()) KVC_LOG(kError, "flush_failed").With("error", s.ToString());
+  }
+  server_.reset();
+  service_.reset();
+  executor_.reset();
+  store_.reset();
+  KVC_LOG(kInfo, "server_stopped").With("shutdown_ms", absl::ToInt64Milliseconds(absl::Now() - start));
+}
+
+}  // namespace kvc

@@ -1,0 +1,377 @@
+// The cache service end to end through a real gRPC server and client.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/server_fixture.h"
+#include "worker/synthetic.h"
+
+namespace kvc {
+namespace {
+
+namespace v1 = ::kvcache::v1;
+using ::testing::HasSubstr;
+using testing::ClientFor;
+using testing::kTokenA;
+using testing::kTokenB;
+using testing::kTokenQ;
+
+SyntheticSpec Spec(const std::string& tenant, uint64_t seq, uint32_t block_tokens = 16) {
+  SyntheticSpec s;
+  s.tenant = tenant;
+  s.model = "m";
+  s.seq_seed = seq;
+  s.block_tokens = block_tokens;  // 16 tokens x 8 heads x 128 x fp16 x 2 = 64 KiB
+  return s;
+}
+
+v1::PutRequest PutOf(const SyntheticSpec& spec, uint32_t first, uint32_t n, bool write_through = false) {
+  const std::vector<BlockKey> keys = SyntheticKeys(spec, first + n);
+  v1::PutRequest req;
+  req.set_write_through(write_through);
+  for (uint32_t i = first; i < first + n; ++i) SyntheticBlock(spec, i, keys[i], req.add_blocks());
+  return req;
+}
+
+struct Fetched {
+  std::vector<v1::GetResponse> responses;
+  absl::Status status;
+};
+
+Fetched GetAll(CacheClient& c, const std::vector<BlockKey>& keys) {
+  Fetched f;
+  f.status = c.Get(keys, [&](v1::GetResponse& r) { f.responses.push_back(r); });
+  return f;
+}
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start(testing::TestServerOptions(dir_.path())); }
+
+  void Start(const ServerOptions& o) {
+    options_ = o;
+    auto s = CacheServer::Start(o, &clock_);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = *std::move(s);
+    a_ = ClientFor(server_->port(), kTokenA);
+    b_ = ClientFor(server_->port(), kTokenB);
+  }
+
+  void Restart() {
+    server_->Shutdown();
+    server_.reset();
+    Start(options_);
+  }
+
+  testing::TempDir dir_;
+  FakeClock clock_;
+  ServerOptions options_;
+  std::unique_ptr<CacheServer> server_;
+  std::unique_ptr<CacheClient> a_, b_;
+};
+
+TEST_F(ServiceTest, PutThenGetReturnsTheSameBytesFromHost) {
+  SyntheticSpec spec = Spec("a", 1);
+  v1::PutRequest req = PutOf(spec, 0, 8);
+  auto put = a_->Put(req);
+  ASSERT_TRUE(put.ok()) << put.status();
+  EXPECT_EQ(put->stored(), 8u);
+
+  Fetched f = GetAll(*a_, SyntheticKeys(spec, 8));
+  ASSERT_TRUE(f.status.ok()) << f.status;
+  ASSERT_EQ(f.responses.size(), 8u);
+  for (uint32_t i = 0; i < 8; ++i) {
+    EXPECT_EQ(f.responses[i].index(), i);
+    EXPECT_EQ(f.responses[i].error_code(), 0);
+    EXPECT_EQ(f.responses[i].tier(), v1::TIER_HOST);
+    EXPECT_EQ(f.responses[i].block().SerializeAsString(), req.blocks(i).SerializeAsString());
+  }
+}
+
+TEST_F(ServiceTest, MissIsReportedPerKeyAndTheStreamGoesOn) {
+  SyntheticSpec spec = Spec("a", 2);
+  ASSERT_TRUE(a_->Put(PutOf(spec, 0, 2)).ok());
+  std::vector<BlockKey> keys = SyntheticKeys(spec, 3);  // the third was never put
+  std::swap(keys[1], keys[2]);
+  Fetched f = GetAll(*a_, keys);
+  ASSERT_TRUE(f.status.ok()) << f.status;
+  ASSERT_EQ(f.responses.size(), 3u);
+  EXPECT_EQ(f.responses[0].error_code(), 0);
+  EXPECT_EQ(f.responses[1].error_code(), static_cast<int>(absl::StatusCode::kNotFound));
+  EXPECT_EQ(f.responses[1].tier(), v1::TIER_NONE);
+  EXPECT_EQ(f.responses[2].error_code(), 0);
+}
+
+TEST_F(ServiceTest, BlocksOverflowToRocksDbAndArePromotedOnRead) {
+  // 8 MiB host budget; 256 blocks of 64 KiB = 16 MiB, so at least half go to disk.
+  SyntheticSpec spec = Spec("a", 3);
+  for (uint32_t i = 0; i < 256; i += 32) ASSERT_TRUE(a_->Put(PutOf(spec, i, 32)).ok());
+  auto stats = a_->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_LE(stats->host().bytes(), stats->host().budget_bytes());
+  EXPECT_GT(stats->disk().blocks(), 100u);
+  EXPECT_GT(stats->host().evictions(), 100u);
+
+  const std::vector<BlockKey> keys = SyntheticKeys(spec, 256);
+  Fetched f = GetAll(*a_, std::vector<BlockKey>(keys.begin(), keys.begin() + 8));
+  ASSERT_TRUE(f.status.ok());
+  for (const auto& r : f.responses) {
+    ASSERT_EQ(r.error_code(), 0) << r.error_message();
+    EXPECT_EQ(r.tier(), v1::TIER_DISK) << "the oldest blocks were evicted to disk";
+    v1::Block want;
+    SyntheticBlock(spec, r.index(), keys[r.index()], &want);
+    EXPECT_EQ(r.block().k(), want.k());
+  }
+  // Promoted: the second read is a host hit.
+  f = GetAll(*a_, std::vector<BlockKey>(keys.begin(), keys.begin() + 8));
+  for (const auto& r : f.responses) EXPECT_EQ(r.tier(), v1::TIER_HOST);
+}
+
+TEST_F(ServiceTest, LookupCountsTheCachedLeadingPrefixAcrossLayers) {
+  SyntheticSpec l0 = Spec("a", 4), l1 = Spec("a", 4);
+  l1.layer = 1;
+  ASSERT_TRUE(a_->Put(PutOf(l0, 0, 10)).ok());
+  ASSERT_TRUE(a_->Put(PutOf(l1, 0, 6)).ok());
+  v1::LookupRequest req;
+  req.set_tenant("a");
+  req.set_model("m");
+  req.add_layers(0);
+  req.add_layers(1);
+  for (const Hash128& h : SyntheticChain(l0, 12)) {
+    auto* p = req.add_hashes();
+    p->set_hi(h.hi);
+    p->set_lo(h.lo);
+  }
+  auto r = a_->Lookup(req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->cached_blocks(), 6u) << "layer 1 holds only the first 6";
+  ASSERT_EQ(r->tiers_size(), 6);
+  EXPECT_EQ(r->tiers(0), v1::TIER_HOST);
+
+  // A hole stops the prefix even if later blocks are present.
+  ASSERT_EQ(a_->Delete(std::vector<BlockKey>{SyntheticKeys(l0, 3)[2]}).value(), 1u);
+  req.clear_layers();
+  req.add_layers(0);
+  EXPECT_EQ(a_->Lookup(req)->cached_blocks(), 2u);
+}
+
+TEST_F(ServiceTest, DeleteRemovesFromEveryTier) {
+  SyntheticSpec spec = Spec("a", 5);
+  ASSERT_TRUE(a_->Put(PutOf(spec, 0, 4, /*write_through=*/true)).ok());
+  const std::vector<BlockKey> keys = SyntheticKeys(spec, 4);
+  auto n = a_->Delete(keys);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 4u);
+  Restart();  // the disk copy is gone too
+  Fetched f = GetAll(*a_, keys);
+  for (const auto& r : f.responses) EXPECT_EQ(r.error_code(), static_cast<int>(absl::StatusCode::kNotFound));
+}
+
+TEST_F(ServiceTest, GracefulShutdownFlushesHostBlocksSoRestartFindsThem) {
+  SyntheticSpec spec = Spec("a", 6);
+  ASSERT_TRUE(a_->Put(PutOf(spec, 0, 16)).ok());  // write-back, not write-through
+  Restart();
+  Fetched f = GetAll(*a_, SyntheticKeys(spec, 16));
+  ASSERT_TRUE(f.status.ok());
+  ASSERT_EQ(f.responses.size(), 16u);
+  for (const auto& r : f.responses) {
+    EXPECT_EQ(r.error_code(), 0) << r.error_message();
+    EXPECT_EQ(r.tier(), v1::TIER_DISK);
+  }
+}
+
+// Tiers of the cached prefix of `spec`'s first n blocks, without touching them.
+std::vector<int> LookupTiers(CacheClient& c, const SyntheticSpec& spec, uint32_t n) {
+  v1::LookupRequest req;
+  req.set_tenant(spec.tenant);
+  req.set_model(spec.model);
+  req.add_layers(spec.layer);
+  for (const Hash128& h : SyntheticChain(spec, n)) {
+    auto* p = req.add_hashes();
+    p->set_hi(h.hi);
+    p->set_lo(h.lo);
+  }
+  auto r = c.Lookup(req);
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? std::vector<int>(r->tiers().begin(), r->tiers().end()) : std::vector<int>{};
+}
+
+TEST_F(ServiceTest, PinnedBlocksStayInHostUntilTheLeaseExpires) {
+  // Blocks written once and never read are the first S3-FIFO evicts; pinned,
+  // they must stay.
+  SyntheticSpec cold = Spec("a", 7);
+  ASSERT_TRUE(a_->Put(PutOf(cold, 0, 8)).ok());
+  auto pin = a_->Pin(SyntheticKeys(cold, 8), 60'000);
+  ASSERT_TRUE(pin.ok()) << pin.status();
+  EXPECT_EQ(pin->pinned(), 8u);
+  EXPECT_EQ(a_->Stats()->pinned_blocks(), 8u);
+
+  SyntheticSpec flood = Spec("a", 8);
+  for (uint32_t i = 0; i < 384; i += 32) ASSERT_TRUE(a_->Put(PutOf(flood, i, 32)).ok());
+  EXPECT_THAT(LookupTiers(*a_, cold, 8), ::testing::Each(v1::TIER_HOST)) << "a pinned block was evicted";
+  // Without the pin the same pressure evicts blocks written at the same time.
+  EXPECT_THAT(LookupTiers(*a_, flood, 8), ::testing::Each(v1::TIER_DISK));
+
+  clock_.Advance(absl::Seconds(61));  // the lease is over
+  EXPECT_EQ(a_->Stats()->pinned_blocks(), 0u);
+  SyntheticSpec flood2 = Spec("a", 9);
+  for (uint32_t i = 0; i < 384; i += 32) ASSERT_TRUE(a_->Put(PutOf(flood2, i, 32)).ok());
+  std::vector<int> tiers = LookupTiers(*a_, cold, 8);
+  ASSERT_EQ(tiers.size(), 8u) << "unpinned blocks are written back, not lost";
+  EXPECT_THAT(tiers, ::testing::Contains(v1::TIER_DISK));
+  EXPECT_EQ(a_->Unpin(pin->lease_id()).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ServiceTest, UnpinReleasesTheLease) {
+  SyntheticSpec spec = Spec("a", 10);
+  ASSERT_TRUE(a_->Put(PutOf(spec, 0, 3)).ok());
+  auto pin = a_->Pin(SyntheticKeys(spec, 3), 60'000);
+  ASSERT_TRUE(pin.ok());
+  EXPECT_EQ(b_->Unpin(pin->lease_id()).status().code(), absl::StatusCode::kNotFound)
+      << "another tenant cannot release it";
+  auto n = a_->Unpin(pin->lease_id());
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 3u);
+  EXPECT_EQ(a_->Stats()->pinned_blocks(), 0u);
+}
+
+TEST_F(ServiceTest, PinOfAMissingBlockIsNotFoundAndLeavesNoLease) {
+  SyntheticSpec spec = Spec("a", 11);
+  ASSERT_TRUE(a_->Put(PutOf(spec, 0, 1)).ok());
+  auto pin = a_->Pin(SyntheticKeys(spec, 2), 60'000);
+  EXPECT_EQ(pin.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(pin.status().message(), HasSubstr("keys[1]"));
+  EXPECT_EQ(a_->Stats()->pinned_blocks(), 0u);
+}
+
+TEST_F(ServiceTest, TenantsCannotTouchEachOthersBlocks) {
+  SyntheticSpec spec = Spec("a", 12);
+  ASSERT_TRUE(a_->Put(PutOf(spec, 0, 2)).ok());
+  const std::vector<BlockKey> keys = SyntheticKeys(spec, 2);
+
+  EXPECT_EQ(b_->Put(PutOf(spec, 0, 2)).status().code(), absl::StatusCode::kPermissionDenied);
+  Fetched f = GetAll(*b_, keys);
+  EXPECT_EQ(f.status.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(f.responses.empty());
+  EXPECT_EQ(b_->Delete(keys).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(b_->Pin(keys, 1000).status().code(), absl::StatusCode::kPermissionDenied);
+  v1::LookupRequest lookup;
+  lookup.set_tenant("a");
+  lookup.set_model("m");
+  lookup.add_layers(0);
+  EXPECT_EQ(b_->Lookup(lookup).status().code(), absl::StatusCode::kPermissionDenied);
+  auto stats = b_->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->tenant(), "b");
+  EXPECT_EQ(stats->tenant_host_bytes(), 0u);
+
+  // a's blocks are intact.
+  f = GetAll(*a_, keys);
+  ASSERT_TRUE(f.status.ok());
+  for (const auto& r : f.responses) EXPECT_EQ(r.error_code(), 0);
+}
+
+TEST_F(ServiceTest, MissingOrWrongTokenIsUnauthenticated) {
+  auto none = ClientFor(server_->port(), "");
+  EXPECT_EQ(none->Stats().status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(none->Stats().status().message(), HasSubstr("authorization"));
+  auto wrong = ClientFor(server_->port(), "token-of-tenant-a-0123456780");
+  EXPECT_EQ(wrong->Stats().status().code(), absl::StatusCode::kUnauthenticated);
+  Fetched f = GetAll(*wrong, SyntheticKeys(Spec("a", 1), 1));
+  EXPECT_EQ(f.status.code(), absl::StatusCode::kUnauthenticated);
+  // The health service needs no token.
+  auto h = none->Healthy();
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_TRUE(*h);
+}
+
+TEST_F(ServiceTest, TenantQuotaEvictsOnlyTheTenantsOwnBlocks) {
+  auto q = ClientFor(server_->port(), kTokenQ);
+  SyntheticSpec qs = Spec("q", 13);
+  // 1 MiB quota per tier; 64 KiB blocks: 64 of them need about 4 MiB.
+  for (uint32_t i = 0; i < 64; i += 8) ASSERT_TRUE(q->Put(PutOf(qs, i, 8)).ok());
+  auto stats = q->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_LE(stats->tenant_host_bytes(), 1u << 20);
+  EXPECT_LE(stats->tenant_disk_bytes(), 1u << 20);
+  EXPECT_EQ(stats->tenant_quota_bytes(), 1u << 20);
+  // The newest blocks are there.
+  Fetched f = GetAll(*q, std::vector<BlockKey>{SyntheticKeys(qs, 64).back()});
+  EXPECT_EQ(f.responses.at(0).error_code(), 0);
+
+  // One batch larger than the quota is refused whole.
+  auto big = q->Put(PutOf(Spec("q", 14), 0, 24));
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(big.status().message(), HasSubstr("quota"));
+}
+
+TEST_F(ServiceTest, ConcurrentClientsEachSeeTheirOwnBlocks) {
+  constexpr int kThreads = 4;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      auto c = ClientFor(server_->port(), t % 2 ? kTokenB : kTokenA);
+      SyntheticSpec spec = Spec(t % 2 ? "b" : "a", 100 + t, 4);  // 16 KiB blocks
+      for (int round = 0; round < 5; ++round) {
+        v1::PutRequest req = PutOf(spec, round * 16, 16);
+        if (!c->Put(req).ok()) ++failures;
+        const std::vector<BlockKey> keys = SyntheticKeys(spec, (round + 1) * 16);
+        Fetched f = GetAll(*c, keys);
+        if (!f.status.ok() || f.responses.size() != keys.size()) {
+          ++failures;
+          continue;
+        }
+        for (const auto& r : f.responses) {
+          v1::Block want;
+          SyntheticBlock(spec, r.index(), keys[r.index()], &want);
+          if (r.error_code() != 0 || r.block().k() != want.k() || r.block().v() != want.v()) ++failures;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  auto stats = a_->Stats();
+  EXPECT_LE(stats->host().bytes(), stats->host().budget_bytes());
+}
+
+TEST_F(ServiceTest, MetricsEndpointServesPrometheusText) {
+  ASSERT_TRUE(a_->Put(PutOf(Spec("a", 15), 0, 2)).ok());
+  (void)a_->Stats();
+  ASSERT_GT(server_->metrics_port(), 0);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(server_->metrics_port());
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  const std::string req = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  ASSERT_EQ(write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
+  std::string body;
+  char buf[4096];
+  for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) body.append(buf, n);
+  close(fd);
+  EXPECT_THAT(body, HasSubstr("200 OK"));
+  EXPECT_THAT(body, HasSubstr("kvcache_requests_total{code=\"OK\",method=\"Put\"} 1"));
+  EXPECT_THAT(body, HasSubstr("kvcache_request_duration_seconds_bucket{method=\"Put\""));
+  EXPECT_THAT(body, HasSubstr("kvcache_tier_bytes{tier=\"host\"}"));
+  EXPECT_THAT(body, HasSubstr("kvcache_put_blocks_total 2"));
+}
+
+TEST_F(ServiceTest, InfoReturnsTheLimits) {
+  auto info = a_->Info();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->limits().max_batch_blocks(), options_.limits.max_batch_blocks);
+  EXPECT_EQ(info->limits().max_block_bytes(), options_.limits.max_block_bytes);
+  EXPECT_FALSE(info->version().empty());
+}
+
+}  // namespace
+}  // namespace kvc

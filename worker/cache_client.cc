@@ -1,0 +1,148 @@
+#include "worker/cache_client.h"
+
+#include <chrono>
+
+#include "common/hash.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace kvc {
+
+namespace v1 = ::kvcache::v1;
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+void SetChecksum(v1::Block* block) { block->set_checksum(BlockChecksum(block->k(), block->v())); }
+
+absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Connect(const ClientOptions& options) {
+  if (options.address.empty()) return absl::InvalidArgumentError("client address is empty");
+  auto c = std::unique_ptr<CacheClient>(new CacheClient(options));
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  grpc::ChannelArguments args;
+  if (options.tls_root_certs_pem.empty()) {
+    creds = grpc::InsecureChannelCredentials();
+  } else {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_root_certs_pem;
+    creds = grpc::SslCredentials(ssl);
+    if (!options.tls_server_name.empty()) {
+      args.SetSslTargetNameOverride(options.tls_server_name);
+    }
+  }
+  args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  c->channel_ = grpc::CreateCustomChannel(options.address, creds, args);
+  c->stub_ = v1::KVCache::NewStub(c->channel_);
+  return c;
+}
+
+absl::Status CacheClient::WaitForReady(absl::Duration timeout) {
+  const auto deadline = std::chrono::system_clock::now() +
+                        std::chrono::milliseconds(absl::ToInt64Milliseconds(timeout));
+  if (!channel_->WaitForConnected(deadline)) {
+    return absl::UnavailableError("cannot connect to " + options_.address);
+  }
+  return absl::OkStatus();
+}
+
+void CacheClient::PrepareContext(grpc::ClientContext* ctx) const {
+  ctx->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::milliseconds(absl::ToInt64Milliseconds(options_.timeout)));
+  if (!options_.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options_.token);
+}
+
+absl::StatusOr<v1::PutResponse> CacheClient::Put(const v1::PutRequest& request) {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx);
+  v1::PutResponse resp;
+  grpc::Status s = stub_->Put(&ctx, request, &resp);
+  if (!s.ok()) return FromGrpc(s);
+  return resp;
+}
+
+absl::Status CacheClient::Get(std::span<const BlockKey> keys,
+                              absl::FunctionRef<void(v1::GetResponse&)> on_response) {
+  v1::GetRequest req;
+  for (const BlockKey& k : keys) k.ToProto(req.add_keys());
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx);
+  std::unique_ptr<grpc::ClientReader<v1::GetResponse>> reader = stub_->Get(&ctx, req);
+  v1::GetResponse resp;
+  while (reader->Read(&resp)) on_response(resp);
+  return FromGrpc(reader->Finish());
+}
+
+absl::StatusOr<v1::LookupResponse> CacheClient::Lookup(const v1::LookupRequest& request) {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx);
+  v1::LookupResponse resp;
+  grpc::Status s = stub_->Lookup(&ctx, request, &resp);
+  if (!s.ok()) return FromGrpc(s);
+  return resp;
+}
+
+absl::StatusOr<uint32_t> CacheClient::Delete(std::span<const BlockKey> keys) {
+  v1::DeleteRequest req;
+  for (const BlockKey& k : keys) k.ToProto(req.add_keys());
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx);
+  v1::DeleteResponse resp;
+  grpc::Status s = stub_->Delete(&ctx, req, &resp);
+  if (!s.ok()) return FromGrpc(s);
+  return resp.deleted();
+}
+
+absl::StatusOr<v1::PinResponse> CacheClient::Pin(std::span<const BlockKey> keys, uint32_t lease_ms) {
+  v1::PinRequest req;
+  for (const BlockKey& k : keys) k.ToProto(req.add_keys());
+  req.set_lease_ms(lease_ms);
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx);
+  v1::PinResponse resp;
+  grpc::Status s = stub_->Pin(&ctx, req, &resp);
+  if (!s.ok()) return FromGrpc(s);
+  return resp;
+}
+
+absl::StatusOr<uint32_t> CacheClient::Unpin(uint64_t lease_id) {
+  v1::UnpinRequest req;
+  req.set_lease_id(lease_id);
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx);
+  v1::UnpinResponse resp;
+  grpc::Status s = stub_->Unpin(&ctx, req, &resp);
+  if (!s.ok()) return FromGrpc(s);
+  return resp.released();
+}
+
+absl::StatusOr<v1::StatsResponse> CacheClient::Stats() {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx);
+  v1::StatsResponse resp;
+  grpc::Status s = stub_->Stats(&ctx, v1::StatsRequest(), &resp);
+  if (!s.ok()) return FromGrpc(s);
+  return resp;
+}
+
+absl::StatusOr<v1::InfoResponse> CacheClient::Info() {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx);
+  v1::InfoResponse resp;
+  grpc::Status s = stub_->Info(&ctx, v1::InfoRequest(), &resp);
+  if (!s.ok()) return FromGrpc(s);
+  return resp;
+}
+
+absl::StatusOr<bool> CacheClient::Healthy() {
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::health::v1::HealthCheckResponse resp;
+  grpc::Status s = health->Check(&ctx, grpc::health::v1::HealthCheckRequest(), &resp);
+  if (!s.ok()) return FromGrpc(s);
+  return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+}
+
+}  // namespace kvc
