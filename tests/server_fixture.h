@@ -30,7 +30,7 @@ class TempDir {
 };
 
 // Options for a small test server in `dir`: auth on (tenants a, b, q),
-// metrics on a free port, 8 MiB host tier, 256 MiB disk tier.
+// metrics off, 8 MiB host tier, 256 MiB disk tier.
 ServerOptions TestServerOptions(const std::string& dir);
 
 std::unique_ptr<CacheClient> ClientFor(int port, const std::string& token);

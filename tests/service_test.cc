@@ -4,6 +4,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -343,6 +345,8 @@ TEST_F(ServiceTest, ConcurrentClientsEachSeeTheirOwnBlocks) {
 }
 
 TEST_F(ServiceTest, MetricsEndpointServesPrometheusText) {
+  options_.metrics_address = "127.0.0.1:0";
+  Restart();
   ASSERT_TRUE(a_->Put(PutOf(Spec("a", 15), 0, 2)).ok());
   (void)a_->Stats();
   ASSERT_GT(server_->metrics_port(), 0);
@@ -371,6 +375,62 @@ TEST_F(ServiceTest, InfoReturnsTheLimits) {
   EXPECT_EQ(info->limits().max_batch_blocks(), options_.limits.max_batch_blocks);
   EXPECT_EQ(info->limits().max_block_bytes(), options_.limits.max_block_bytes);
   EXPECT_FALSE(info->version().empty());
+}
+
+}  // namespace
+}  // namespace kvc
+
+namespace kvc {
+namespace {
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+TEST(ServiceTlsTest, TlsClientsConnectAndPlaintextClientsCannot) {
+  testing::TempDir dir;
+  const std::string cert = dir.path() + "/cert.pem", key = dir.path() + "/key.pem";
+  const std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+                          "-addext subjectAltName=DNS:localhost -keyout " + key + " -out " + cert +
+                          " >/dev/null 2>&1";
+  if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "openssl is not installed";
+  ServerOptions o = testing::TestServerOptions(dir.path());
+  o.tls_cert_file = cert;
+  o.tls_key_file = key;
+  auto server = CacheServer::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+
+  ClientOptions co;
+  co.address = "127.0.0.1:" + std::to_string((*server)->port());
+  co.token = testing::kTokenA;
+  co.tls_root_certs_pem = ReadAll(cert);
+  co.tls_server_name = "localhost";
+  co.timeout = absl::Seconds(10);
+  auto tls = CacheClient::Connect(co);
+  ASSERT_TRUE(tls.ok());
+  SyntheticSpec spec = Spec("a", 50);
+  ASSERT_TRUE((*tls)->Put(PutOf(spec, 0, 2)).ok());
+  Fetched f = GetAll(**tls, SyntheticKeys(spec, 2));
+  ASSERT_TRUE(f.status.ok()) << f.status;
+  EXPECT_EQ(f.responses.size(), 2u);
+
+  co.tls_root_certs_pem.clear();
+  co.timeout = absl::Seconds(2);
+  auto plain = CacheClient::Connect(co);
+  EXPECT_EQ((*plain)->Stats().status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(ServiceTlsTest, MissingCertificateFailsStartWithTheFileName) {
+  testing::TempDir dir;
+  ServerOptions o = testing::TestServerOptions(dir.path());
+  o.tls_cert_file = dir.path() + "/nope.pem";
+  o.tls_key_file = dir.path() + "/nope.key";
+  auto server = CacheServer::Start(o);
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(server.status().message(), HasSubstr("nope.pem"));
 }
 
 }  // namespace

@@ -57,7 +57,8 @@ class GetReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   GetReactor(CacheService* svc, grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* raw)
       : svc_(svc), start_(absl::Now()) {
-    absl::Status s = Begin(ctx, raw);
+    svc_->CallStarted();
+    absl::Status s = svc_->draining() ? absl::UnavailableError("server is shutting down") : Begin(ctx, raw);
     if (!s.ok()) {
       Done(s);
       return;
@@ -76,7 +77,9 @@ class GetReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
   void OnDone() override {
     svc_->metrics()->ObserveRequest(Method::kGet, status_.error_code(), absl::Now() - start_);
+    CacheService* svc = svc_;
     delete this;
+    svc->CallEnded();
   }
 
  private:

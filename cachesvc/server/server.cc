@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -144,14 +145,25 @@ void CacheServer::Shutdown() {
     shut_down_ = true;
   }
   const absl::Time start = absl::Now();
+  // civetweb's stop can take up to its 2 s poll quantum; overlap it with the drain.
+  std::thread stop_metrics([this] { exposer_.reset(); });
   if (server_) {
+    // Stop taking calls (they get UNAVAILABLE and the health check says
+    // NOT_SERVING), let the running ones finish within the grace period, then
+    // close the listener and every connection at once.
     server_->GetHealthCheckService()->SetServingStatus(false);
-    server_->Shutdown(std::chrono::system_clock::now() +
-                      std::chrono::milliseconds(absl::ToInt64Milliseconds(options_.shutdown_grace)));
+    service_->StartDraining();
+    const absl::Time deadline = start + options_.shutdown_grace;
+    while (service_->in_flight() > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+    if (service_->in_flight() > 0) {
+      KVC_LOG(kWarning, "shutdown_grace_expired").With("calls_cancelled", service_->in_flight());
+    }
+    server_->Shutdown(std::chrono::system_clock::now());
   }
+  KVC_LOG(kDebug, "shutdown_step").With("step", "grpc_stopped").With("ms", absl::ToInt64Milliseconds(absl::Now() - start));
   if (executor_) executor_->Shutdown();
   if (server_) server_->Wait();
-  exposer_.reset();
+  KVC_LOG(kDebug, "shutdown_step").With("step", "drained").With("ms", absl::ToInt64Milliseconds(absl::Now() - start));
   if (store_ && options_.flush_host_on_shutdown) {
     absl::Status s = store_->FlushHostToDisk();
     if (!s.ok()) KVC_LOG(kError, "flush_failed").With("error", s.ToString());
@@ -160,6 +172,7 @@ void CacheServer::Shutdown() {
   service_.reset();
   executor_.reset();
   store_.reset();
+  stop_metrics.join();
   KVC_LOG(kInfo, "server_stopped").With("shutdown_ms", absl::ToInt64Milliseconds(absl::Now() - start));
 }
 

@@ -56,6 +56,7 @@ void CacheService::Finish(grpc::ServerUnaryReactor* reactor, Method method, absl
                           const absl::Status& status) {
   const grpc::Status g = ToGrpc(status);
   metrics_->ObserveRequest(method, g.error_code(), absl::Now() - start);
+  CallEnded();
   if (!status.ok() && status.code() != absl::StatusCode::kNotFound) {
     KVC_LOG(kDebug, "request_failed").With("method", MethodName(method)).With("error", status.ToString());
   }
@@ -67,6 +68,11 @@ grpc::ServerUnaryReactor* CacheService::Unary(Method method, grpc::CallbackServe
                                               bool inline_work, Work work) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   const absl::Time start = absl::Now();
+  CallStarted();
+  if (draining()) {
+    Finish(reactor, method, start, absl::UnavailableError("server is shutting down"));
+    return reactor;
+  }
   absl::StatusOr<Caller> caller = Authenticate(ctx);
   if (!caller.ok()) {
     Finish(reactor, method, start, caller.status());

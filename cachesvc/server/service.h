@@ -9,6 +9,7 @@
 #ifndef KVC_CACHESVC_SERVER_SERVICE_H_
 #define KVC_CACHESVC_SERVER_SERVICE_H_
 
+#include <atomic>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
@@ -69,6 +70,16 @@ class CacheService final
   // Checks a batch size against max_batch_blocks; `what` is e.g. "Get keys".
   absl::Status CheckBatch(size_t n, absl::string_view what) const;
 
+  // Graceful shutdown: from now on new calls get UNAVAILABLE ("shutting
+  // down"); calls already running finish normally.
+  void StartDraining() { draining_.store(true); }
+  // Calls (unary and Get streams) that have started and not finished.
+  int in_flight() const { return in_flight_.load(); }
+  // Get streams count themselves in and out with these.
+  bool draining() const { return draining_.load(); }
+  void CallStarted() { in_flight_.fetch_add(1); }
+  void CallEnded() { in_flight_.fetch_sub(1); }
+
   TieredStore* store() const { return store_; }
   BoundedExecutor* executor() const { return executor_; }
   ServiceMetrics* metrics() const { return metrics_; }
@@ -98,6 +109,8 @@ class CacheService final
   BoundedExecutor* const executor_;
   ServiceMetrics* const metrics_;
   Clock* const clock_;
+  std::atomic<bool> draining_{false};
+  std::atomic<int> in_flight_{0};
 
   struct LeaseOwner {
     std::string tenant;
