@@ -11,6 +11,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <rocksdb/db.h>
+
+#include "cachesvc/disk_tier.h"
 #include "tests/server_fixture.h"
 #include "worker/synthetic.h"
 
@@ -367,6 +370,50 @@ TEST_F(ServiceTest, MetricsEndpointServesPrometheusText) {
   EXPECT_THAT(body, HasSubstr("kvcache_request_duration_seconds_bucket{method=\"Put\""));
   EXPECT_THAT(body, HasSubstr("kvcache_tier_bytes{tier=\"host\"}"));
   EXPECT_THAT(body, HasSubstr("kvcache_put_blocks_total 2"));
+}
+
+TEST_F(ServiceTest, CorruptBlockOnDiskIsReportedDroppedAndNeverServed) {
+  SyntheticSpec spec = Spec("a", 16);
+  ASSERT_TRUE(a_->Put(PutOf(spec, 0, 4, /*write_through=*/true)).ok());
+  const std::vector<BlockKey> keys = SyntheticKeys(spec, 4);
+  server_->Shutdown();
+  server_.reset();
+  {  // Flip bytes in the middle of block 2's stored value, as a bad disk would.
+    std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
+        {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
+        {kBlocksColumnFamily, rocksdb::ColumnFamilyOptions()},
+        {kMetaColumnFamily, rocksdb::ColumnFamilyOptions()}};
+    std::vector<rocksdb::ColumnFamilyHandle*> h;
+    rocksdb::DB* db = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), options_.data_dir + "/rocksdb", cfs, &h, &db).ok());
+    std::string value;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), h[1], keys[2].Encode(), &value).ok());
+    for (size_t i = value.size() / 4; i < value.size() / 4 + 64; ++i) value[i] ^= 0x5a;  // inside k
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), h[1], keys[2].Encode(), value).ok());
+    for (auto* cf : h) ASSERT_TRUE(db->DestroyColumnFamilyHandle(cf).ok());
+    ASSERT_TRUE(db->Close().ok());
+    delete db;
+  }
+  Start(options_);
+  Fetched f = GetAll(*a_, keys);
+  ASSERT_TRUE(f.status.ok()) << f.status;
+  ASSERT_EQ(f.responses.size(), 4u);
+  EXPECT_EQ(f.responses[2].error_code(), static_cast<int>(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(f.responses[2].error_message(), HasSubstr("checksum"));
+  EXPECT_FALSE(f.responses[2].has_block()) << "a corrupt block is never served";
+  for (int i : {0, 1, 3}) EXPECT_EQ(f.responses[i].error_code(), 0);
+  EXPECT_EQ(a_->Stats()->corrupt_blocks_dropped(), 1u);
+  // Dropped: the next read is a plain miss and lookups stop before it.
+  f = GetAll(*a_, {keys[2]});
+  EXPECT_EQ(f.responses.at(0).error_code(), static_cast<int>(absl::StatusCode::kNotFound));
+  EXPECT_THAT(server_->metrics()->RenderText(), HasSubstr("kvcache_get_blocks_total{result=\"corrupt\"} 1"));
+}
+
+TEST_F(ServiceTest, KeysOfAnUnknownTenantAreRefused) {
+  v1::PutRequest req = PutOf(Spec("nobody", 17), 0, 1);
+  absl::Status s = a_->Put(req).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(s.message(), HasSubstr("tenant 'nobody'"));
 }
 
 TEST_F(ServiceTest, InfoReturnsTheLimits) {
