@@ -431,20 +431,26 @@ absl::StatusOr<CellResult> RunCell(const Settings& s, const Workload& w, std::ve
 
 // One HTTP/2 connection per thread (see the file comment).
 struct KvConn {
+  std::unique_ptr<kvc::CacheClient> client;  // the same channel setup a worker uses
   std::shared_ptr<grpc::Channel> channel;
-  std::unique_ptr<v1::KVCache::Stub> stub;
+  v1::KVCache::Stub* stub = nullptr;
   std::string staging;  // raw path: where k and v of one batch land
   std::vector<grpc::Slice> slices;
 };
 
 KvConn MakeKvConn(const std::string& address, int index) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(256 << 20);
-  args.SetMaxSendMessageSize(256 << 20);
-  args.SetInt("kvc.bench.connection_index", index);  // distinct subchannel per thread
+  kvc::ClientOptions o;
+  o.address = address;
+  o.connection_index = index;  // distinct HTTP/2 connection per thread
   KvConn c;
-  c.channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
-  c.stub = v1::KVCache::NewStub(c.channel);
+  absl::StatusOr<std::unique_ptr<kvc::CacheClient>> client = kvc::CacheClient::Connect(o);
+  if (!client.ok()) {
+    std::fprintf(stderr, "kvcache_bench: %s\n", client.status().ToString().c_str());
+    std::exit(1);
+  }
+  c.client = *std::move(client);
+  c.channel = c.client->channel();
+  c.stub = c.client->stub();
   return c;
 }
 

@@ -33,6 +33,10 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Connect(const ClientOp
   }
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  // Megabyte blocks: start with a large flow-control window and large frames.
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 20);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (1 << 24) - 1);
+  if (options.connection_index >= 0) args.SetInt("kvc.connection_index", options.connection_index);
   c->channel_ = grpc::CreateCustomChannel(options.address, creds, args);
   c->stub_ = v1::KVCache::NewStub(c->channel_);
   return c;

@@ -31,6 +31,10 @@ struct ClientOptions {
   absl::Duration timeout = absl::Seconds(60);
   // Largest message either way. Default 256 MiB (the service's default limit).
   uint64_t max_message_bytes = 256ull << 20;
+  // Clients with equal options share one HTTP/2 connection. A value >= 0
+  // gives this client a connection of its own (e.g. one per thread, so
+  // streams do not queue behind each other's megabytes). Default -1.
+  int connection_index = -1;
 };
 
 // Thread-safe: one client may be shared by many threads.
