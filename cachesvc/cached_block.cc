@@ -98,6 +98,9 @@ absl::StatusOr<BlockPtr> CachedBlock::FromProto(const kvcache::v1::Block& block,
 absl::StatusOr<BlockPtr> CachedBlock::FromWire(std::string wire) {
   kvcache::v1::Block b;
   if (!b.ParseFromString(wire)) return absl::DataLossError("stored block does not parse");
+  if (!b.has_key() || b.key().tenant().empty() || b.key().model().empty()) {
+    return absl::DataLossError("stored block has no complete key");
+  }
   if (absl::Status s = CheckShape(b); !s.ok()) {
     return absl::DataLossError(absl::StrCat("stored block is malformed: ", s.message()));
   }

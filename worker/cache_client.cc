@@ -57,13 +57,20 @@ void CacheClient::PrepareContext(grpc::ClientContext* ctx) const {
   if (!options_.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options_.token);
 }
 
-absl::StatusOr<v1::PutResponse> CacheClient::Put(const v1::PutRequest& request) {
+template <typename Request, typename Response>
+absl::StatusOr<Response> CacheClient::Unary(
+    grpc::Status (v1::KVCache::Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+    const Request& request) {
   grpc::ClientContext ctx;
   PrepareContext(&ctx);
-  v1::PutResponse resp;
-  grpc::Status s = stub_->Put(&ctx, request, &resp);
+  Response resp;
+  grpc::Status s = (stub_.get()->*method)(&ctx, request, &resp);
   if (!s.ok()) return FromGrpc(s);
   return resp;
+}
+
+absl::StatusOr<v1::PutResponse> CacheClient::Put(const v1::PutRequest& request) {
+  return Unary(&v1::KVCache::Stub::Put, request);
 }
 
 absl::Status CacheClient::Get(std::span<const BlockKey> keys,
@@ -79,64 +86,38 @@ absl::Status CacheClient::Get(std::span<const BlockKey> keys,
 }
 
 absl::StatusOr<v1::LookupResponse> CacheClient::Lookup(const v1::LookupRequest& request) {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx);
-  v1::LookupResponse resp;
-  grpc::Status s = stub_->Lookup(&ctx, request, &resp);
-  if (!s.ok()) return FromGrpc(s);
-  return resp;
+  return Unary(&v1::KVCache::Stub::Lookup, request);
 }
 
 absl::StatusOr<uint32_t> CacheClient::Delete(std::span<const BlockKey> keys) {
   v1::DeleteRequest req;
   for (const BlockKey& k : keys) k.ToProto(req.add_keys());
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx);
-  v1::DeleteResponse resp;
-  grpc::Status s = stub_->Delete(&ctx, req, &resp);
-  if (!s.ok()) return FromGrpc(s);
-  return resp.deleted();
+  absl::StatusOr<v1::DeleteResponse> resp = Unary(&v1::KVCache::Stub::Delete, req);
+  if (!resp.ok()) return resp.status();
+  return resp->deleted();
 }
 
 absl::StatusOr<v1::PinResponse> CacheClient::Pin(std::span<const BlockKey> keys, uint32_t lease_ms) {
   v1::PinRequest req;
   for (const BlockKey& k : keys) k.ToProto(req.add_keys());
   req.set_lease_ms(lease_ms);
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx);
-  v1::PinResponse resp;
-  grpc::Status s = stub_->Pin(&ctx, req, &resp);
-  if (!s.ok()) return FromGrpc(s);
-  return resp;
+  return Unary(&v1::KVCache::Stub::Pin, req);
 }
 
 absl::StatusOr<uint32_t> CacheClient::Unpin(uint64_t lease_id) {
   v1::UnpinRequest req;
   req.set_lease_id(lease_id);
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx);
-  v1::UnpinResponse resp;
-  grpc::Status s = stub_->Unpin(&ctx, req, &resp);
-  if (!s.ok()) return FromGrpc(s);
-  return resp.released();
+  absl::StatusOr<v1::UnpinResponse> resp = Unary(&v1::KVCache::Stub::Unpin, req);
+  if (!resp.ok()) return resp.status();
+  return resp->released();
 }
 
 absl::StatusOr<v1::StatsResponse> CacheClient::Stats() {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx);
-  v1::StatsResponse resp;
-  grpc::Status s = stub_->Stats(&ctx, v1::StatsRequest(), &resp);
-  if (!s.ok()) return FromGrpc(s);
-  return resp;
+  return Unary(&v1::KVCache::Stub::Stats, v1::StatsRequest());
 }
 
 absl::StatusOr<v1::InfoResponse> CacheClient::Info() {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx);
-  v1::InfoResponse resp;
-  grpc::Status s = stub_->Info(&ctx, v1::InfoRequest(), &resp);
-  if (!s.ok()) return FromGrpc(s);
-  return resp;
+  return Unary(&v1::KVCache::Stub::Info, v1::InfoRequest());
 }
 
 absl::StatusOr<bool> CacheClient::Healthy() {

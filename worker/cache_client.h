@@ -68,6 +68,11 @@ class CacheClient {
 
  private:
   explicit CacheClient(const ClientOptions& options) : options_(options) {}
+  // One unary call with the deadline and token applied.
+  template <typename Request, typename Response>
+  absl::StatusOr<Response> Unary(
+      grpc::Status (kvcache::v1::KVCache::Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+      const Request& request);
 
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
