@@ -33,8 +33,8 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Connect(const ClientOp
   }
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
-  // Megabyte blocks: start with a large flow-control window and large frames.
-  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 20);
+  // Megabyte blocks: a flow-control window that covers a whole message, and large frames.
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, static_cast<int>(options.max_message_bytes));
   args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (1 << 24) - 1);
   if (options.connection_index >= 0) args.SetInt("kvc.connection_index", options.connection_index);
   c->channel_ = grpc::CreateCustomChannel(options.address, creds, args);

@@ -93,9 +93,11 @@ absl::StatusOr<std::unique_ptr<CacheServer>> CacheServer::Start(const ServerOpti
   builder.RegisterService(srv->service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.limits.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.limits.max_message_bytes));
-  // KV blocks are megabytes: let a stream's flow-control window start large
-  // instead of growing from 64 KiB by BDP probing, and write in large frames.
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 20);
+  // KV blocks are megabytes: a stream's flow-control window covers a whole
+  // message (anything larger is refused anyway), so a Put never stalls on
+  // window updates, and frames are large.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
+                             static_cast<int>(options.limits.max_message_bytes));
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (1 << 24) - 1);
   srv->server_ = builder.BuildAndStart();
   if (srv->server_ == nullptr || srv->port_ == 0) {
