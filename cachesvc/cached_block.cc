@@ -1,5 +1,7 @@
 #include "cachesvc/cached_block.h"
 
+#include "cachesvc/block_view.h"
+
 #include "absl/strings/str_cat.h"
 #include "common/hash.h"
 #include "common/status_macros.h"
@@ -18,7 +20,7 @@ size_t DTypeBytes(int dtype) {
 
 namespace {
 
-absl::Status ValidateId(absl::string_view field, const std::string& s, const Limits& limits) {
+absl::Status ValidateId(absl::string_view field, absl::string_view s, const Limits& limits) {
   if (s.empty()) return absl::InvalidArgumentError(absl::StrCat("key.", field, " is empty"));
   if (s.size() > limits.max_key_string_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("key.", field, " is ", s.size(),
@@ -36,55 +38,63 @@ absl::Status ValidateId(absl::string_view field, const std::string& s, const Lim
 }
 
 // Shape checks shared by the put path and the read-back path.
-absl::Status CheckShape(const kvcache::v1::Block& b) {
-  const size_t elem = DTypeBytes(b.dtype());
+absl::Status CheckShape(const BlockView& b) {
+  const size_t elem = DTypeBytes(b.dtype);
   if (elem == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("dtype ", b.dtype(), " is not one of FP32, FP16, BF16"));
+    return absl::InvalidArgumentError(absl::StrCat("dtype ", b.dtype, " is not one of FP32, FP16, BF16"));
   }
-  if (b.block_tokens() == 0 || b.num_kv_heads() == 0 || b.head_dim() == 0) {
+  if (b.block_tokens == 0 || b.num_kv_heads == 0 || b.head_dim == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "shape [block_tokens=", b.block_tokens(), ", num_kv_heads=", b.num_kv_heads(),
-        ", head_dim=", b.head_dim(), "] has a zero dimension"));
+        "shape [block_tokens=", b.block_tokens, ", num_kv_heads=", b.num_kv_heads,
+        ", head_dim=", b.head_dim, "] has a zero dimension"));
   }
-  const uint64_t want = uint64_t{b.block_tokens()} * b.num_kv_heads() * b.head_dim() * elem;
-  if (b.k().size() != want || b.v().size() != want) {
+  const uint64_t want = uint64_t{b.block_tokens} * b.num_kv_heads * b.head_dim * elem;
+  if (b.k.size() != want || b.v.size() != want) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "payload does not match shape: [block_tokens=", b.block_tokens(), ", num_kv_heads=",
-        b.num_kv_heads(), ", head_dim=", b.head_dim(), "] x ", elem, "-byte dtype needs ", want,
-        " bytes each for k and v; got k=", b.k().size(), " v=", b.v().size()));
+        "payload does not match shape: [block_tokens=", b.block_tokens, ", num_kv_heads=",
+        b.num_kv_heads, ", head_dim=", b.head_dim, "] x ", elem, "-byte dtype needs ", want,
+        " bytes each for k and v; got k=", b.k.size(), " v=", b.v.size()));
   }
-  if (static_cast<uint64_t>(b.positions_size()) != b.block_tokens()) {
-    return absl::InvalidArgumentError(absl::StrCat("positions has ", b.positions_size(),
-                                                   " entries; block_tokens is ", b.block_tokens()));
+  if (b.positions != b.block_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("positions has ", b.positions,
+                                                   " entries; block_tokens is ", b.block_tokens));
   }
   return absl::OkStatus();
+}
+
+absl::Status ValidateKeyStrings(const BlockKey& key, const Limits& limits) {
+  KVC_RETURN_IF_ERROR(ValidateId("tenant", key.tenant, limits));
+  return ValidateId("model", key.model, limits);
 }
 
 }  // namespace
 
 absl::Status ValidateKey(const kvcache::v1::BlockKey& key, const Limits& limits) {
   KVC_RETURN_IF_ERROR(ValidateId("tenant", key.tenant(), limits));
-  KVC_RETURN_IF_ERROR(ValidateId("model", key.model(), limits));
-  return absl::OkStatus();
+  return ValidateId("model", key.model(), limits);
 }
 
-absl::Status ValidateBlock(const kvcache::v1::Block& b, const Limits& limits) {
-  if (!b.has_key()) return absl::InvalidArgumentError("block has no key");
-  KVC_RETURN_IF_ERROR(ValidateKey(b.key(), limits));
-  const uint64_t bytes = uint64_t{b.k().size()} + b.v().size();
+absl::Status ValidateBlock(const BlockView& b, const Limits& limits) {
+  if (!b.has_key) return absl::InvalidArgumentError("block has no key");
+  KVC_RETURN_IF_ERROR(ValidateKeyStrings(b.key, limits));
+  const uint64_t bytes = uint64_t{b.k.size()} + b.v.size();
   if (bytes > limits.max_block_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat("block is ", bytes,
                                                      " bytes of k+v; limit max_block_bytes is ",
                                                      limits.max_block_bytes));
   }
   KVC_RETURN_IF_ERROR(CheckShape(b));
-  const uint64_t sum = BlockChecksum(b.k(), b.v());
-  if (sum != b.checksum()) {
+  const uint64_t sum = BlockChecksum(b.k, b.v);
+  if (sum != b.checksum) {
     return absl::InvalidArgumentError(
-        absl::StrCat("checksum mismatch: block says 0x", absl::Hex(b.checksum()),
+        absl::StrCat("checksum mismatch: block says 0x", absl::Hex(b.checksum),
                      ", XXH3-64 of k then v is 0x", absl::Hex(sum)));
   }
   return absl::OkStatus();
+}
+
+absl::Status ValidateBlock(const kvcache::v1::Block& block, const Limits& limits) {
+  return ValidateBlock(BlockView::Of(block), limits);
 }
 
 absl::StatusOr<BlockPtr> CachedBlock::FromProto(const kvcache::v1::Block& block,
@@ -95,22 +105,35 @@ absl::StatusOr<BlockPtr> CachedBlock::FromProto(const kvcache::v1::Block& block,
   return BlockPtr(new CachedBlock(BlockKey::FromProto(block.key()), std::move(wire), block.checksum()));
 }
 
+absl::StatusOr<BlockPtr> CachedBlock::FromRequest(std::string wire, const Limits& limits) {
+  KVC_ASSIGN_OR_RETURN(BlockView view, BlockView::Parse(wire));
+  KVC_RETURN_IF_ERROR(ValidateBlock(view, limits));
+  BlockKey key = std::move(view.key);
+  const uint64_t checksum = view.checksum;
+  return BlockPtr(new CachedBlock(std::move(key), std::move(wire), checksum));
+}
+
 absl::StatusOr<BlockPtr> CachedBlock::FromWire(std::string wire) {
-  kvcache::v1::Block b;
-  if (!b.ParseFromString(wire)) return absl::DataLossError("stored block does not parse");
-  if (!b.has_key() || b.key().tenant().empty() || b.key().model().empty()) {
-    return absl::DataLossError("stored block has no complete key");
+  absl::StatusOr<BlockView> view = BlockView::Parse(wire);
+  if (!view.ok()) return absl::DataLossError("stored block does not parse");
+  if (!view->has_key) return absl::DataLossError("stored block has no key");
+  Limits any_length;
+  any_length.max_key_string_bytes = 65535;
+  if (absl::Status s = ValidateKeyStrings(view->key, any_length); !s.ok()) {
+    return absl::DataLossError(absl::StrCat("stored block has a bad key: ", s.message()));
   }
-  if (absl::Status s = CheckShape(b); !s.ok()) {
+  if (absl::Status s = CheckShape(*view); !s.ok()) {
     return absl::DataLossError(absl::StrCat("stored block is malformed: ", s.message()));
   }
-  const uint64_t sum = BlockChecksum(b.k(), b.v());
-  if (sum != b.checksum()) {
+  const uint64_t sum = BlockChecksum(view->k, view->v);
+  if (sum != view->checksum) {
     return absl::DataLossError(absl::StrCat("stored block fails its checksum: recorded 0x",
-                                            absl::Hex(b.checksum()), ", computed 0x",
+                                            absl::Hex(view->checksum), ", computed 0x",
                                             absl::Hex(sum)));
   }
-  return BlockPtr(new CachedBlock(BlockKey::FromProto(b.key()), std::move(wire), b.checksum()));
+  BlockKey key = std::move(view->key);
+  const uint64_t checksum = view->checksum;
+  return BlockPtr(new CachedBlock(std::move(key), std::move(wire), checksum));
 }
 
 absl::Status CachedBlock::ToProto(kvcache::v1::Block* out) const {

@@ -38,6 +38,8 @@ inline constexpr size_t kBlockOverheadBytes = 256;
 // limit and what was sent. Codes: INVALID_ARGUMENT, or RESOURCE_EXHAUSTED for
 // a block over the size limit.
 absl::Status ValidateBlock(const kvcache::v1::Block& block, const Limits& limits);
+struct BlockView;
+absl::Status ValidateBlock(const BlockView& block, const Limits& limits);
 
 // Checks a key's strings against the limits (non-empty, bounded, printable).
 absl::Status ValidateKey(const kvcache::v1::BlockKey& key, const Limits& limits);
@@ -46,6 +48,9 @@ class CachedBlock {
  public:
   // Validates (ValidateBlock) and serializes `block`.
   static absl::StatusOr<BlockPtr> FromProto(const kvcache::v1::Block& block, const Limits& limits);
+  // Adopts the serialized Block of a client request: the same checks as
+  // FromProto, read in place (the payload is never copied).
+  static absl::StatusOr<BlockPtr> FromRequest(std::string wire, const Limits& limits);
   // Adopts bytes read back from a tier: parses them and verifies the checksum.
   // DATA_LOSS when they do not parse, the shape is wrong or the checksum fails.
   static absl::StatusOr<BlockPtr> FromWire(std::string wire);

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "cachesvc/block_key.h"
+#include "cachesvc/block_view.h"
 #include "cachesvc/cached_block.h"
 #include "cachesvc/server/auth.h"
 #include "cachesvc/server/options.h"
@@ -58,6 +59,32 @@ TEST(DecoderFuzzTest, MutatedBlocksAreRejectedOrIntact) {
   EXPECT_LT(accepted, 20000);
 }
 
+// BlockView reads the same fields protobuf does, whenever protobuf accepts the bytes.
+TEST(DecoderFuzzTest, BlockViewAgreesWithProtobuf) {
+  std::mt19937_64 rng(11);
+  const BlockPtr good = testing::MakeBlock(testing::BlockSpec{.block_tokens = 4, .num_kv_heads = 1, .head_dim = 8});
+  int compared = 0;
+  for (int i = 0; i < 20000; ++i) {
+    const std::string wire = i == 0 ? good->wire() : Mutate(good->wire(), rng);
+    kvcache::v1::Block p;
+    if (!p.ParseFromString(wire)) continue;
+    absl::StatusOr<BlockView> v = BlockView::Parse(wire);
+    ASSERT_TRUE(v.ok()) << "protobuf parsed what BlockView refused, case " << i;
+    ++compared;
+    EXPECT_EQ(v->has_key, p.has_key());
+    if (p.has_key()) EXPECT_EQ(v->key, BlockKey::FromProto(p.key()));
+    EXPECT_EQ(v->dtype, p.dtype());
+    EXPECT_EQ(v->block_tokens, p.block_tokens());
+    EXPECT_EQ(v->num_kv_heads, p.num_kv_heads());
+    EXPECT_EQ(v->head_dim, p.head_dim());
+    EXPECT_EQ(v->positions, static_cast<uint64_t>(p.positions_size()));
+    EXPECT_EQ(v->k, p.k());
+    EXPECT_EQ(v->v, p.v());
+    EXPECT_EQ(v->checksum, p.checksum());
+  }
+  EXPECT_GT(compared, 100);
+}
+
 TEST(DecoderFuzzTest, RandomBytesNeverCrashTheDecoders) {
   std::mt19937_64 rng(7);
   const std::string key = testing::MakeKey(testing::BlockSpec{}).Encode();
@@ -67,6 +94,7 @@ TEST(DecoderFuzzTest, RandomBytesNeverCrashTheDecoders) {
     (void)BlockKey::Decode(junk);
     (void)BlockKey::Decode(Mutate(key, rng));
     (void)CachedBlock::FromWire(junk);
+    (void)BlockView::Parse(junk);
     (void)TenantRegistry::FromText(junk);
     ServerOptions o;
     (void)ApplyYamlText(junk, &o);

@@ -4,12 +4,18 @@
 
 #include "absl/strings/str_cat.h"
 #include "cachesvc/cached_block.h"
+#include "cachesvc/server/put_request.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
 namespace kvc {
 
 namespace v1 = ::kvcache::v1;
+
+absl::Status FromGrpcStatus(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
 
 grpc::Status ToGrpc(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
@@ -95,28 +101,30 @@ grpc::ServerUnaryReactor* CacheService::Unary(Method method, grpc::CallbackServe
 
 // --- Put --------------------------------------------------------------------
 
-grpc::ServerUnaryReactor* CacheService::Put(grpc::CallbackServerContext* ctx, const v1::PutRequest* req,
-                                            v1::PutResponse* resp) {
+grpc::ServerUnaryReactor* CacheService::Put(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                            grpc::ByteBuffer* resp) {
   return Unary(Method::kPut, ctx, false,
                [this, req, resp](const Caller& c) { return DoPut(c, *req, resp); });
 }
 
-absl::Status CacheService::DoPut(const Caller& caller, const v1::PutRequest& req, v1::PutResponse* resp) {
-  KVC_RETURN_IF_ERROR(CheckBatch(req.blocks_size(), "Put blocks"));
+absl::Status CacheService::DoPut(const Caller& caller, const grpc::ByteBuffer& raw, grpc::ByteBuffer* resp) {
+  KVC_ASSIGN_OR_RETURN(RawPutRequest req, ReadPutRequest(raw, limits_));
+  KVC_RETURN_IF_ERROR(CheckBatch(req.blocks.size(), "Put blocks"));
   std::vector<BlockPtr> blocks;
-  blocks.reserve(req.blocks_size());
+  blocks.reserve(req.blocks.size());
   uint64_t charge = 0, payload = 0;
   // Validate the whole batch before storing any of it.
-  for (int i = 0; i < req.blocks_size(); ++i) {
-    const v1::Block& b = req.blocks(i);
-    const std::string what = absl::StrCat("blocks[", i, "]");
-    if (!b.has_key()) return absl::InvalidArgumentError(absl::StrCat(what, " has no key"));
-    KVC_RETURN_IF_ERROR(CheckKey(caller, b.key(), what));
-    absl::StatusOr<BlockPtr> cb = CachedBlock::FromProto(b, limits_);
-    if (!cb.ok()) return absl::Status(cb.status().code(), absl::StrCat(what, ": ", cb.status().message()));
-    charge += (*cb)->charge();
-    payload += b.k().size() + b.v().size();
-    blocks.push_back(*std::move(cb));
+  for (size_t i = 0; i < req.blocks.size(); ++i) {
+    absl::StatusOr<BlockPtr> b = CachedBlock::FromRequest(std::move(req.blocks[i]), limits_);
+    if (!b.ok()) return absl::Status(b.status().code(), absl::StrCat("blocks[", i, "]: ", b.status().message()));
+    const std::string& tenant = (*b)->key().tenant;
+    if (!caller.any_tenant && tenant != caller.tenant) {
+      return absl::PermissionDeniedError(absl::StrCat("blocks[", i, "] belongs to tenant '", tenant,
+                                                      "'; this token is for tenant '", caller.tenant, "'"));
+    }
+    charge += (*b)->charge();
+    payload += (*b)->wire().size();
+    blocks.push_back(*std::move(b));
   }
   if (!caller.any_tenant) {
     const uint64_t quota = tenants_->QuotaFor(caller.tenant);
@@ -126,16 +134,18 @@ absl::Status CacheService::DoPut(const Caller& caller, const v1::PutRequest& req
     }
   }
   for (size_t i = 0; i < blocks.size(); ++i) {
-    absl::Status s = store_->Put(blocks[i], req.write_through());
+    absl::Status s = store_->Put(blocks[i], req.write_through);
     if (!s.ok()) {
       // Blocks before i are stored; the caller retries the batch (puts are idempotent).
       return absl::Status(s.code(), absl::StrCat("blocks[", i, "]: ", s.message()));
     }
   }
   metrics_->CountPut(blocks.size(), payload);
-  resp->set_stored(static_cast<uint32_t>(blocks.size()));
-  resp->set_durable(req.write_through());
-  return absl::OkStatus();
+  v1::PutResponse out;
+  out.set_stored(static_cast<uint32_t>(blocks.size()));
+  out.set_durable(req.write_through);
+  bool own = false;
+  return FromGrpcStatus(grpc::SerializationTraits<v1::PutResponse>::Serialize(out, resp, &own));
 }
 
 // --- Lookup -----------------------------------------------------------------

@@ -39,13 +39,16 @@ grpc::Status ToGrpc(const absl::Status& s);
 
 // Thread-safe. Every pointer must outlive the service.
 class CacheService final
-    : public kvcache::v1::KVCache::WithRawCallbackMethod_Get<kvcache::v1::KVCache::CallbackService> {
+    : public kvcache::v1::KVCache::WithRawCallbackMethod_Put<
+          kvcache::v1::KVCache::WithRawCallbackMethod_Get<kvcache::v1::KVCache::CallbackService>> {
  public:
   CacheService(TieredStore* store, const TenantRegistry* tenants, const Limits& limits,
                BoundedExecutor* executor, ServiceMetrics* metrics, Clock* clock);
 
-  grpc::ServerUnaryReactor* Put(grpc::CallbackServerContext* ctx, const kvcache::v1::PutRequest* req,
-                                kvcache::v1::PutResponse* resp) override;
+  // Raw: each block's serialized bytes are lifted out of the request and
+  // kept as its stored wire bytes, validated in place (put_request.cc).
+  grpc::ServerUnaryReactor* Put(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                grpc::ByteBuffer* resp) override;
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Get(grpc::CallbackServerContext* ctx,
                                                   const grpc::ByteBuffer* req) override;
   grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* ctx, const kvcache::v1::LookupRequest* req,
@@ -94,8 +97,7 @@ class CacheService final
   void Finish(grpc::ServerUnaryReactor* reactor, Method method, absl::Time start,
               const absl::Status& status);
 
-  absl::Status DoPut(const Caller& caller, const kvcache::v1::PutRequest& req,
-                     kvcache::v1::PutResponse* resp);
+  absl::Status DoPut(const Caller& caller, const grpc::ByteBuffer& req, grpc::ByteBuffer* resp);
   absl::Status DoLookup(const Caller& caller, const kvcache::v1::LookupRequest& req,
                         kvcache::v1::LookupResponse* resp);
   absl::Status DoPin(const Caller& caller, const kvcache::v1::PinRequest& req,
