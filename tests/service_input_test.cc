@@ -148,6 +148,14 @@ TEST_F(ServiceInputTest, BadKeyStringsAreRefused) {
   b = Block(4 << 10);
   b.clear_key();
   EXPECT_THAT(PutOne(b).message(), HasSubstr("has no key"));
+  // Not UTF-8, not printable: a named error, on every call that takes keys.
+  b = Block(4 << 10);
+  b.mutable_key()->set_model("m\xff");
+  EXPECT_THAT(PutOne(b).message(), HasSubstr("key.model has a byte 0xff outside printable ASCII"));
+  BlockKey bad = BlockKey::FromProto(b.key());
+  absl::Status g = a_->Get(std::vector<BlockKey>{bad}, [](v1::GetResponse&) {});
+  EXPECT_EQ(g.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(g.message(), HasSubstr("keys[0]: key.model has a byte 0xff"));
   v1::LookupRequest lookup;
   lookup.set_tenant("a");
   lookup.set_model("m");
