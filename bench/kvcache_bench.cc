@@ -55,6 +55,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "bench/child_process.h"
+#include "common/allocator.h"
 #include "common/hash.h"
 #include "common/status_macros.h"
 #include "common/units.h"
@@ -1106,6 +1107,8 @@ class Bench {
 }  // namespace kvc::bench
 
 int main(int argc, char** argv) {
+  // Both clients (gRPC and hiredis) run in this process; a worker would tune it the same way.
+  kvc::TuneAllocatorForLargeBuffers();
   absl::SetProgramUsageMessage(
       "kvcache_bench: kvcached (host and RocksDB tiers) against redis-server, both started by the benchmark.\n"
       "Usage: kvcache_bench [--quick] [--markdown] [--threads=1,2,4,8] [--block_sizes=256KiB,2MiB] ...");

@@ -37,7 +37,9 @@ struct ClientOptions {
   int connection_index = -1;
 };
 
-// Thread-safe: one client may be shared by many threads.
+// Thread-safe: one client may be shared by many threads. A process that
+// moves megabyte blocks should call kvc::TuneAllocatorForLargeBuffers()
+// (common/allocator.h) at start; see docs/BENCHMARKS.md for why.
 class CacheClient {
  public:
   // Creates the channel; does not wait for the server (see WaitForReady).

@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/allocator.h"
 #include "common/progress.h"
 #include "common/units.h"
 #include "worker/cache_client.h"
@@ -259,6 +260,7 @@ absl::Status CmdDemo(kvc::CacheClient& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  kvc::TuneAllocatorForLargeBuffers();
   absl::SetProgramUsageMessage(
       "Client of the KV-cache service.\n"
       "Usage: kvcache-cli [--target=host:port] [--token=T] <command>\n"
