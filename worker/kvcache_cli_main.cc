@@ -4,6 +4,7 @@
 // Blocks are synthetic (worker/synthetic.h): a sequence seed names a token
 // stream whose blocks carry real chained prefix hashes, and every payload can
 // be regenerated, so `get` verifies what comes back byte for byte.
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -133,7 +134,8 @@ absl::Status CmdPut(kvc::CacheClient& c, const char* label = "put") {
 }
 
 // get: fetches and verifies every block of the sequence.
-absl::StatusOr<GetTally> CmdGet(kvc::CacheClient& c, const char* label = "get") {
+// newest_first: read the last batches first (they are the ones still in host memory).
+absl::StatusOr<GetTally> CmdGet(kvc::CacheClient& c, const char* label = "get", bool newest_first = false) {
   auto layers = Layers();
   if (!layers.ok()) return layers.status();
   const uint32_t n = absl::GetFlag(FLAGS_blocks), batch = std::max(1u, absl::GetFlag(FLAGS_batch));
@@ -143,7 +145,10 @@ absl::StatusOr<GetTally> CmdGet(kvc::CacheClient& c, const char* label = "get") 
     auto spec = Spec(layer);
     if (!spec.ok()) return spec.status();
     const std::vector<kvc::BlockKey> keys = kvc::SyntheticKeys(*spec, n);
-    for (uint32_t i = 0; i < n; i += batch) {
+    std::vector<uint32_t> starts;
+    for (uint32_t i = 0; i < n; i += batch) starts.push_back(i);
+    if (newest_first) std::reverse(starts.begin(), starts.end());
+    for (uint32_t i : starts) {
       const uint32_t end = std::min(n, i + batch);
       absl::Status s = c.Get(std::span(keys).subspan(i, end - i), [&](v1::GetResponse& r) {
         if (r.error_code() != 0) {
@@ -243,8 +248,8 @@ absl::Status CmdDemo(kvc::CacheClient& c) {
   if (absl::Status s = CmdStats(c); !s.ok()) return s;
   std::printf("\n");
   if (absl::Status s = CmdLookup(c); !s.ok()) return s;
-  std::printf("\nreading every block back and verifying it byte for byte\n");
-  auto t = CmdGet(c);
+  std::printf("\nreading every block back, newest first, and verifying it byte for byte\n");
+  auto t = CmdGet(c, "get", /*newest_first=*/true);
   if (!t.ok()) return t.status();
   PrintTally(*t);
   std::printf("\nafter get: disk hits were promoted back into host memory\n");
