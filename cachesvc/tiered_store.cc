@@ -69,13 +69,20 @@ absl::Status TieredStore::Put(const BlockPtr& block, bool write_through) {
 }
 
 absl::StatusOr<FoundBlock> TieredStore::Get(const BlockKey& key) {
+  if (std::optional<FoundBlock> hot = GetFromMemory(key)) return *std::move(hot);
+  return GetAfterMemoryMiss(key);
+}
+
+std::optional<FoundBlock> TieredStore::GetFromMemory(const BlockKey& key) {
   absl::StatusOr<BlockPtr> h = host_->Get(key);
   if (h.ok()) return FoundBlock{*std::move(h), Tier::kHost};
-  {
-    absl::MutexLock lock(&pending_mu_);
-    auto it = pending_.find(key);
-    if (it != pending_.end() && !it->second.erased) return FoundBlock{it->second.block, Tier::kHost};
-  }
+  absl::MutexLock lock(&pending_mu_);
+  auto it = pending_.find(key);
+  if (it != pending_.end() && !it->second.erased) return FoundBlock{it->second.block, Tier::kHost};
+  return std::nullopt;
+}
+
+absl::StatusOr<FoundBlock> TieredStore::GetAfterMemoryMiss(const BlockKey& key) {
   KVC_ASSIGN_OR_RETURN(BlockPtr b, disk_->Get(key));
   // Promote; a refusal (pinned shard, quota) only means it stays disk-only.
   (void)host_->Put(b, PutOptions{});

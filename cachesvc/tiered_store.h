@@ -12,6 +12,7 @@
 #define KVC_CACHESVC_TIERED_STORE_H_
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -73,6 +74,13 @@ class TieredStore {
   // Host, then blocks being written back, then disk (a disk hit is promoted).
   // NOT_FOUND on a miss; DATA_LOSS when the disk copy was corrupt (dropped).
   absl::StatusOr<FoundBlock> Get(const BlockKey& key);
+
+  // Get split at the memory boundary, for callers that must not wait on disk
+  // (gRPC reactor threads): GetFromMemory serves host hits and blocks whose
+  // write-back is in flight; on nullopt, GetAfterMemoryMiss (which may read
+  // disk) finishes the lookup without counting a second host miss.
+  std::optional<FoundBlock> GetFromMemory(const BlockKey& key);
+  absl::StatusOr<FoundBlock> GetAfterMemoryMiss(const BlockKey& key);
 
   // Where the block is, without reading it, counting a hit or promoting it.
   Tier Locate(const BlockKey& key) const;

@@ -10,6 +10,8 @@
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/slice.h>
 
+#include <optional>
+
 #include "absl/strings/str_cat.h"
 #include "cachesvc/server/service.h"
 #include "common/logging.h"
@@ -97,37 +99,46 @@ class GetReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     return absl::OkStatus();
   }
 
-  // Looks up keys[next_] on the executor, then writes its response.
+  // Writes the response for keys[next_]. A host-memory hit is served on the
+  // calling thread (a hash lookup under a shard lock); anything that may
+  // touch disk goes to the executor, so a reactor thread never waits on I/O.
   void FetchNext() {
     if (next_ == static_cast<uint32_t>(request_.keys_size())) {
       Done(absl::OkStatus());
       return;
     }
-    const bool queued = svc_->executor()->TrySubmit([this] {
-      const uint32_t i = next_;
-      absl::StatusOr<FoundBlock> found = svc_->store()->Get(BlockKey::FromProto(request_.keys(i)));
-      if (found.ok()) {
-        svc_->metrics()->CountGet(found->tier == Tier::kHost ? GetResult::kHost : GetResult::kDisk);
-        svc_->metrics()->CountBytesOut(found->block->wire().size());
-        buffer_ = EncodeHit(i, found->tier, found->block);
-      } else {
-        const bool corrupt = found.status().code() == absl::StatusCode::kDataLoss;
-        svc_->metrics()->CountGet(corrupt ? GetResult::kCorrupt : GetResult::kMiss);
-        if (corrupt) {
-          KVC_LOG(kWarning, "corrupt_block_dropped")
-              .With("key", BlockKey::FromProto(request_.keys(i)).DebugString())
-              .With("error", found.status().ToString());
-        }
-        v1::GetResponse miss;
-        miss.set_index(i);
-        miss.set_tier(v1::TIER_NONE);
-        miss.set_error_code(static_cast<int>(found.status().code()));
-        miss.set_error_message(std::string(found.status().message()));
-        buffer_ = EncodeMessage(miss);
-      }
-      StartWrite(&buffer_);
+    BlockKey key = BlockKey::FromProto(request_.keys(next_));
+    if (std::optional<FoundBlock> hot = svc_->store()->GetFromMemory(key)) {
+      Respond(next_, key, *std::move(hot));
+      return;
+    }
+    const bool queued = svc_->executor()->TrySubmit([this, key = std::move(key)] {
+      Respond(next_, key, svc_->store()->GetAfterMemoryMiss(key));
     });
     if (!queued) Done(absl::ResourceExhaustedError("server busy: request queue is full (max_queued_requests)"));
+  }
+
+  void Respond(uint32_t i, const BlockKey& key, absl::StatusOr<FoundBlock> found) {
+    if (found.ok()) {
+      svc_->metrics()->CountGet(found->tier == Tier::kHost ? GetResult::kHost : GetResult::kDisk);
+      svc_->metrics()->CountBytesOut(found->block->wire().size());
+      buffer_ = EncodeHit(i, found->tier, found->block);
+    } else {
+      const bool corrupt = found.status().code() == absl::StatusCode::kDataLoss;
+      svc_->metrics()->CountGet(corrupt ? GetResult::kCorrupt : GetResult::kMiss);
+      if (corrupt) {
+        KVC_LOG(kWarning, "corrupt_block_dropped")
+            .With("key", key.DebugString())
+            .With("error", found.status().ToString());
+      }
+      v1::GetResponse miss;
+      miss.set_index(i);
+      miss.set_tier(v1::TIER_NONE);
+      miss.set_error_code(static_cast<int>(found.status().code()));
+      miss.set_error_message(std::string(found.status().message()));
+      buffer_ = EncodeMessage(miss);
+    }
+    StartWrite(&buffer_);
   }
 
   void Done(const absl::Status& s) {
