@@ -54,6 +54,7 @@ class Kvcached {
   }
 
   int port() const { return port_; }
+  void Signal(int sig) { kill(pid_, sig); }
   // Sends `sig` and returns the wait status.
   int Kill(int sig) {
     kill(pid_, sig);
@@ -167,6 +168,25 @@ TEST(ServiceCrashTest, SigtermDrainsFlushesAndExitsZero) {
   ASSERT_GT(child.port(), 0);
   auto c = testing::ClientFor(child.port(), testing::kTokenA);
   EXPECT_EQ(CountIntact(*c, spec, 32), 32) << "host-tier blocks were not flushed on SIGTERM";
+}
+
+TEST(ServiceCrashTest, SighupReloadsTheTokensFile) {
+  testing::TempDir dir;
+  Kvcached child(dir.path());
+  ASSERT_GT(child.port(), 0);
+  const std::string token = "token-of-new-tenant-c-01234567";
+  auto c = testing::ClientFor(child.port(), token);
+  EXPECT_EQ(c->Stats().status().code(), absl::StatusCode::kUnauthenticated);
+  std::ofstream(dir.path() + "/tokens", std::ios::app) << "c " << token << "\n";
+  child.Signal(SIGHUP);
+  absl::Status s;
+  for (int i = 0; i < 100; ++i) {
+    s = c->Stats().status();
+    if (s.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(c->Stats()->tenant(), "c");
 }
 
 std::string RunCommand(const std::string& cmd, int* exit_code) {

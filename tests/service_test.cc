@@ -416,6 +416,38 @@ TEST_F(ServiceTest, KeysOfAnUnknownTenantAreRefused) {
   EXPECT_THAT(s.message(), HasSubstr("tenant 'nobody'"));
 }
 
+TEST_F(ServiceTest, ReloadRotatesTokensAndKeepsThemOnABadFile) {
+  SyntheticSpec spec = Spec("a", 18);
+  ASSERT_TRUE(a_->Put(PutOf(spec, 0, 1)).ok());
+  const std::string rotated = "rotated-token-of-a-0123456789";
+  std::ofstream(options_.auth_tokens_file) << "a " << rotated << "\n";  // b is gone
+  ASSERT_TRUE(server_->ReloadTenants().ok());
+  EXPECT_EQ(a_->Stats().status().code(), absl::StatusCode::kUnauthenticated) << "old token still accepted";
+  EXPECT_EQ(b_->Stats().status().code(), absl::StatusCode::kUnauthenticated) << "removed tenant still accepted";
+  auto a2 = ClientFor(server_->port(), rotated);
+  Fetched f = GetAll(*a2, SyntheticKeys(spec, 1));
+  ASSERT_TRUE(f.status.ok()) << f.status;
+  EXPECT_EQ(f.responses.at(0).error_code(), 0) << "the tenant's blocks survive a token rotation";
+
+  std::ofstream(options_.auth_tokens_file) << "a short\n";
+  absl::Status bad = server_->ReloadTenants();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.message(), HasSubstr("line 1"));
+  EXPECT_TRUE(a2->Stats().ok()) << "a bad file must not lock everybody out";
+}
+
+TEST_F(ServiceTest, ChangedTokensFileIsPickedUpWithoutASignal) {
+  options_.auth_reload_interval = absl::Milliseconds(20);
+  Restart();
+  const std::string added = "token-of-tenant-d-0123456789";
+  std::ofstream(options_.auth_tokens_file, std::ios::app) << "d " << added << "\n";
+  auto d = ClientFor(server_->port(), added);
+  absl::Status s;
+  for (int i = 0; i < 200 && !(s = d->Stats().status()).ok(); ++i) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_TRUE(a_->Stats().ok()) << "unchanged tenants keep working";
+}
+
 TEST_F(ServiceTest, InfoReturnsTheLimits) {
   auto info = a_->Info();
   ASSERT_TRUE(info.ok());

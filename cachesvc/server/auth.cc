@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/status_macros.h"
 #include "common/units.h"
 
 namespace kvc {
@@ -29,12 +30,17 @@ std::unique_ptr<TenantRegistry> TenantRegistry::Disabled() {
   return r;
 }
 
-absl::StatusOr<std::unique_ptr<TenantRegistry>> TenantRegistry::FromFile(const std::string& path) {
+absl::StatusOr<std::string> TenantRegistry::ReadFile(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read tenant tokens file '", path, "'"));
   std::stringstream ss;
   ss << in.rdbuf();
-  auto r = FromText(ss.str());
+  return ss.str();
+}
+
+absl::StatusOr<std::unique_ptr<TenantRegistry>> TenantRegistry::FromFile(const std::string& path) {
+  KVC_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  auto r = FromText(text);
   if (!r.ok()) return absl::Status(r.status().code(), absl::StrCat(path, ": ", r.status().message()));
   return r;
 }
@@ -96,6 +102,30 @@ absl::StatusOr<const Tenant*> TenantRegistry::Authenticate(absl::string_view aut
 uint64_t TenantRegistry::QuotaFor(absl::string_view tenant) const {
   auto it = by_name_.find(tenant);
   return it == by_name_.end() ? 0 : it->second->quota_bytes;
+}
+
+absl::Status TenantDirectory::Reload() {
+  if (!Current()->enabled()) {
+    return absl::FailedPreconditionError("authentication is off (no auth_tokens_file); restart to enable it");
+  }
+  KVC_ASSIGN_OR_RETURN(std::string text, TenantRegistry::ReadFile(path_));
+  absl::StatusOr<std::unique_ptr<TenantRegistry>> next = TenantRegistry::FromText(text);
+  if (!next.ok()) return absl::Status(next.status().code(), absl::StrCat(path_, ": ", next.status().message()));
+  absl::MutexLock lock(&mu_);
+  current_ = *std::move(next);
+  loaded_text_ = std::move(text);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> TenantDirectory::ReloadIfChanged() {
+  if (!Current()->enabled()) return false;
+  KVC_ASSIGN_OR_RETURN(std::string text, TenantRegistry::ReadFile(path_));
+  {
+    absl::MutexLock lock(&mu_);
+    if (text == loaded_text_) return false;
+  }
+  KVC_RETURN_IF_ERROR(Reload());
+  return true;
 }
 
 }  // namespace kvc

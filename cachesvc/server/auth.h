@@ -17,6 +17,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 
 namespace kvc {
 
@@ -32,6 +33,8 @@ class TenantRegistry {
   // keys name. For development only; the server logs a warning.
   static std::unique_ptr<TenantRegistry> Disabled();
   static absl::StatusOr<std::unique_ptr<TenantRegistry>> FromFile(const std::string& path);
+  // The bytes of the tokens file, NOT_FOUND naming it when unreadable.
+  static absl::StatusOr<std::string> ReadFile(const std::string& path);
   static absl::StatusOr<std::unique_ptr<TenantRegistry>> FromText(absl::string_view text);
 
   bool enabled() const { return enabled_; }
@@ -54,6 +57,38 @@ class TenantRegistry {
   // token -> tenant. Lookup is by hash; tokens are compared in constant time.
   absl::flat_hash_map<std::string, const Tenant*> by_token_;
   absl::flat_hash_map<std::string, const Tenant*> by_name_;
+};
+
+// The registry in force, replaceable while serving (SIGHUP re-reads the
+// tokens file, e.g. after a Kubernetes Secret is rotated). Thread-safe.
+// Callers take a reference with Current() and use it for one request, so a
+// reload never pulls a registry from under a request.
+class TenantDirectory {
+ public:
+  // `loaded_text` is the file content `initial` was parsed from.
+  TenantDirectory(std::unique_ptr<TenantRegistry> initial, std::string path, std::string loaded_text)
+      : current_(std::move(initial)), loaded_text_(std::move(loaded_text)), path_(std::move(path)) {}
+
+  std::shared_ptr<const TenantRegistry> Current() const {
+    absl::MutexLock lock(&mu_);
+    return current_;
+  }
+
+  // Re-reads the tokens file. On any error the registry in force stays and
+  // the error (naming the line) is returned. FAILED_PRECONDITION when the
+  // service runs without authentication (it cannot be switched on live).
+  absl::Status Reload();
+  // Reload() if the file's bytes differ from those last loaded; returns
+  // whether it reloaded. Cheap enough to poll every few seconds.
+  absl::StatusOr<bool> ReloadIfChanged();
+
+  uint64_t QuotaFor(absl::string_view tenant) const { return Current()->QuotaFor(tenant); }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const TenantRegistry> current_ ABSL_GUARDED_BY(mu_);
+  std::string loaded_text_ ABSL_GUARDED_BY(mu_);  // the file's bytes at the last load
+  const std::string path_;
 };
 
 }  // namespace kvc

@@ -36,6 +36,7 @@ ABSL_FLAG(std::string, disk_capacity_bytes, "16GiB", "RocksDB tier byte budget; 
 ABSL_FLAG(std::string, disk_block_cache_bytes, "64MiB", "RocksDB block cache size");
 ABSL_FLAG(std::string, metrics_address, kDefaults.metrics_address, "Prometheus /metrics address host:port; empty disables");
 ABSL_FLAG(std::string, auth_tokens_file, kDefaults.auth_tokens_file, "Tenant tokens file ('tenant token [quota]' per line); empty disables auth (development only)");
+ABSL_FLAG(absl::Duration, auth_reload_interval, kDefaults.auth_reload_interval, "How often the tokens file is re-read (0: only on SIGHUP)");
 ABSL_FLAG(std::string, tls_cert_file, "", "PEM certificate chain; with --tls_key_file enables TLS");
 ABSL_FLAG(std::string, tls_key_file, "", "PEM private key for --tls_cert_file");
 ABSL_FLAG(int, worker_threads, kDefaults.worker_threads, "Threads that run request work");
@@ -88,6 +89,7 @@ absl::StatusOr<kvc::ServerOptions> LoadOptions() {
   KVC_FLAG_OVERRIDE(host_shards, o.host_shards);
   KVC_FLAG_OVERRIDE(metrics_address, o.metrics_address);
   KVC_FLAG_OVERRIDE(auth_tokens_file, o.auth_tokens_file);
+  KVC_FLAG_OVERRIDE(auth_reload_interval, o.auth_reload_interval);
   KVC_FLAG_OVERRIDE(tls_cert_file, o.tls_cert_file);
   KVC_FLAG_OVERRIDE(tls_key_file, o.tls_key_file);
   KVC_FLAG_OVERRIDE(worker_threads, o.worker_threads);
@@ -122,7 +124,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "The KV-cache service: a tiered (host memory + RocksDB) store of KV blocks behind gRPC.\n"
       "Usage: kvcached [--config=kvcached.yaml] [--flag=value ...]\n"
-      "Flags given on the command line override the YAML file; SIGTERM shuts down gracefully.");
+      "Flags given on the command line override the YAML file; SIGTERM shuts down gracefully;\n"
+      "SIGHUP re-reads --auth_tokens_file.");
   RecordGivenFlags(argc, argv);
   absl::ParseCommandLine(argc, argv);
 
@@ -146,6 +149,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
@@ -155,7 +159,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   int sig = 0;
-  sigwait(&signals, &sig);
+  // SIGHUP re-reads the tenant tokens file; SIGTERM and SIGINT stop.
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) (void)(*server)->ReloadTenants();
   KVC_LOG(kInfo, "shutdown_requested").With("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   (*server)->Shutdown();
   return 0;

@@ -41,6 +41,7 @@ absl::Status ServerOptions::Validate() const {
   }
   if (max_queued_requests == 0) return bad("max_queued_requests", "must be > 0");
   if (shutdown_grace < absl::ZeroDuration()) return bad("shutdown_grace", "must be >= 0");
+  if (auth_reload_interval < absl::ZeroDuration()) return bad("auth_reload_interval", "must be >= 0");
   return limits.Validate();
 }
 
@@ -144,6 +145,7 @@ absl::Status ApplyNode(const YAML::Node& root, ServerOptions* o) {
       {"disk_block_cache_bytes", Bytes("disk_block_cache_bytes", &o->disk_block_cache_bytes)},
       {"metrics_address", Str("metrics_address", &o->metrics_address)},
       {"auth_tokens_file", Str("auth_tokens_file", &o->auth_tokens_file)},
+      {"auth_reload_interval", Duration("auth_reload_interval", &o->auth_reload_interval)},
       {"tls_cert_file", Str("tls_cert_file", &o->tls_cert_file)},
       {"tls_key_file", Str("tls_key_file", &o->tls_key_file)},
       {"worker_threads", Int("worker_threads", &o->worker_threads)},

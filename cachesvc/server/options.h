@@ -42,6 +42,10 @@ struct ServerOptions {
   // authentication (development only: every caller may use any tenant).
   // Default "".
   std::string auth_tokens_file;
+  // How often the tokens file is re-read; a changed file replaces the tokens
+  // in force (a bad one is logged and ignored). SIGHUP re-reads it at once.
+  // 0 disables polling. Default 30s.
+  absl::Duration auth_reload_interval = absl::Seconds(30);
   // PEM certificate chain and private key; both set enables TLS on the gRPC
   // port. Default "" (plaintext).
   std::string tls_cert_file;

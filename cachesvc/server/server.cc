@@ -42,13 +42,25 @@ absl::StatusOr<std::unique_ptr<CacheServer>> CacheServer::Start(const ServerOpti
   auto srv = std::unique_ptr<CacheServer>(new CacheServer());
   srv->options_ = options;
 
+  std::unique_ptr<TenantRegistry> registry;
+  std::string tokens_text;
   if (options.auth_tokens_file.empty()) {
-    srv->tenants_ = TenantRegistry::Disabled();
+    registry = TenantRegistry::Disabled();
     KVC_LOG(kWarning, "auth_disabled")
         .With("detail", "no auth_tokens_file: any caller may use any tenant; for development only");
   } else {
-    KVC_ASSIGN_OR_RETURN(srv->tenants_, TenantRegistry::FromFile(options.auth_tokens_file));
+    KVC_ASSIGN_OR_RETURN(tokens_text, TenantRegistry::ReadFile(options.auth_tokens_file));
+    absl::StatusOr<std::unique_ptr<TenantRegistry>> parsed = TenantRegistry::FromText(tokens_text);
+    if (!parsed.ok()) {
+      return absl::Status(parsed.status().code(),
+                          absl::StrCat(options.auth_tokens_file, ": ", parsed.status().message()));
+    }
+    registry = *std::move(parsed);
   }
+  const bool auth_enabled = registry->enabled();
+  const size_t tenant_count = registry->size();
+  srv->tenants_ = std::make_unique<TenantDirectory>(std::move(registry), options.auth_tokens_file,
+                                                    std::move(tokens_text));
   KVC_ASSIGN_OR_RETURN(auto creds, Credentials(options));
 
   std::error_code ec;
@@ -65,8 +77,8 @@ absl::StatusOr<std::unique_ptr<CacheServer>> CacheServer::Start(const ServerOpti
   store_opts.disk.path = (std::filesystem::path(options.data_dir) / "rocksdb").string();
   store_opts.disk.capacity_bytes = options.disk_capacity_bytes;
   store_opts.disk.block_cache_bytes = options.disk_block_cache_bytes;
-  const TenantRegistry* tenants = srv->tenants_.get();
-  if (tenants->enabled()) {
+  const TenantDirectory* tenants = srv->tenants_.get();
+  if (auth_enabled) {
     store_opts.tenant_quota = [tenants](absl::string_view t) { return tenants->QuotaFor(t); };
   }
   const absl::Time open_start = absl::Now();
@@ -131,18 +143,43 @@ absl::StatusOr<std::unique_ptr<CacheServer>> CacheServer::Start(const ServerOpti
       return absl::FailedPreconditionError(absl::StrCat("cannot write port_file '", options.port_file, "'"));
     }
   }
+  if (auth_enabled && options.auth_reload_interval > absl::ZeroDuration()) {
+    CacheServer* self = srv.get();
+    srv->reload_thread_ = std::thread([self] { self->WatchTokensFile(); });
+  }
   KVC_LOG(kInfo, "server_started")
       .With("port", srv->port_)
       .With("metrics_port", srv->metrics_port_)
       .With("tls", !options.tls_cert_file.empty())
-      .With("auth", tenants->enabled())
-      .With("tenants", static_cast<uint64_t>(tenants->size()))
+      .With("auth", auth_enabled)
+      .With("tenants", static_cast<uint64_t>(tenant_count))
       .With("host_capacity", FormatBytes(options.host_capacity_bytes))
       .With("disk_capacity", FormatBytes(options.disk_capacity_bytes));
   return srv;
 }
 
 CacheServer::~CacheServer() { Shutdown(); }
+
+void CacheServer::WatchTokensFile() {
+  while (!stop_watching_.WaitForNotificationWithTimeout(options_.auth_reload_interval)) {
+    absl::StatusOr<bool> reloaded = tenants_->ReloadIfChanged();
+    if (!reloaded.ok()) {
+      KVC_LOG(kError, "tenants_reload_failed").With("error", reloaded.status().ToString());
+    } else if (*reloaded) {
+      KVC_LOG(kInfo, "tenants_reloaded").With("tenants", static_cast<uint64_t>(tenants_->Current()->size()));
+    }
+  }
+}
+
+absl::Status CacheServer::ReloadTenants() {
+  absl::Status s = tenants_->Reload();
+  if (s.ok()) {
+    KVC_LOG(kInfo, "tenants_reloaded").With("tenants", static_cast<uint64_t>(tenants_->Current()->size()));
+  } else {
+    KVC_LOG(kError, "tenants_reload_failed").With("error", s.ToString());
+  }
+  return s;
+}
 
 void CacheServer::Shutdown() {
   {
@@ -151,6 +188,8 @@ void CacheServer::Shutdown() {
     shut_down_ = true;
   }
   const absl::Time start = absl::Now();
+  stop_watching_.Notify();
+  if (reload_thread_.joinable()) reload_thread_.join();
   // civetweb's stop can take up to its 2 s poll quantum; overlap it with the drain.
   std::thread stop_metrics([this] { exposer_.reset(); });
   if (server_) {

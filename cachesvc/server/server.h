@@ -3,6 +3,9 @@
 #define KVC_CACHESVC_SERVER_SERVER_H_
 
 #include <memory>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
 
 #include <grpcpp/grpcpp.h>
 
@@ -37,6 +40,10 @@ class CacheServer {
   TieredStore* store() const { return store_.get(); }
   const ServiceMetrics* metrics() const { return metrics_.get(); }
 
+  // Re-reads options.auth_tokens_file (SIGHUP). On error the tokens in force
+  // stay; the error names the line.
+  absl::Status ReloadTenants();
+
   // Graceful stop: health goes NOT_SERVING, new calls are refused, in-flight
   // calls get up to options.shutdown_grace, queued work drains, host-tier
   // blocks are flushed to disk (flush_host_on_shutdown), RocksDB is synced.
@@ -48,13 +55,17 @@ class CacheServer {
   ServerOptions options_;
   int port_ = 0;
   int metrics_port_ = 0;
-  std::unique_ptr<TenantRegistry> tenants_;
+  std::unique_ptr<TenantDirectory> tenants_;
   std::unique_ptr<TieredStore> store_;
   std::unique_ptr<ServiceMetrics> metrics_;
   std::unique_ptr<BoundedExecutor> executor_;
   std::unique_ptr<CacheService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<prometheus::Exposer> exposer_;
+  void WatchTokensFile();
+
+  absl::Notification stop_watching_;
+  std::thread reload_thread_;  // polls auth_tokens_file (auth_reload_interval)
   absl::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
 };

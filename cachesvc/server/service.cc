@@ -22,7 +22,7 @@ grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
-CacheService::CacheService(TieredStore* store, const TenantRegistry* tenants, const Limits& limits,
+CacheService::CacheService(TieredStore* store, const TenantDirectory* tenants, const Limits& limits,
                            BoundedExecutor* executor, ServiceMetrics* metrics, Clock* clock)
     : store_(store), tenants_(tenants), limits_(limits), executor_(executor), metrics_(metrics), clock_(clock) {}
 
@@ -32,7 +32,9 @@ absl::StatusOr<Caller> CacheService::Authenticate(grpc::CallbackServerContext* c
   if (auto it = md.find("authorization"); it != md.end()) {
     auth = absl::string_view(it->second.data(), it->second.size());
   }
-  KVC_ASSIGN_OR_RETURN(const Tenant* t, tenants_->Authenticate(auth));
+  // Hold the registry for the lookup; the caller keeps a copy of the name.
+  std::shared_ptr<const TenantRegistry> registry = tenants_->Current();
+  KVC_ASSIGN_OR_RETURN(const Tenant* t, registry->Authenticate(auth));
   if (t == nullptr) return Caller{"", true};
   return Caller{t->name, false};
 }

@@ -42,7 +42,7 @@ class CacheService final
     : public kvcache::v1::KVCache::WithRawCallbackMethod_Put<
           kvcache::v1::KVCache::WithRawCallbackMethod_Get<kvcache::v1::KVCache::CallbackService>> {
  public:
-  CacheService(TieredStore* store, const TenantRegistry* tenants, const Limits& limits,
+  CacheService(TieredStore* store, const TenantDirectory* tenants, const Limits& limits,
                BoundedExecutor* executor, ServiceMetrics* metrics, Clock* clock);
 
   // Raw: each block's serialized bytes are lifted out of the request and
@@ -106,7 +106,7 @@ class CacheService final
                        kvcache::v1::UnpinResponse* resp);
 
   TieredStore* const store_;
-  const TenantRegistry* const tenants_;
+  const TenantDirectory* const tenants_;
   const Limits limits_;
   BoundedExecutor* const executor_;
   ServiceMetrics* const metrics_;
