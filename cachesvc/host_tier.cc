@@ -96,6 +96,7 @@ class HostTier::Shard {
         num_shards_(options.num_shards),
         pins_(options.pins),
         clock_(options.clock),
+        on_evicting_(&options.on_evicting),
         ledger_(ledger) {}
 
   // Stores `block`; `quota` is its tenant's quota (0 = none). Appends what it
@@ -295,6 +296,7 @@ class HostTier::Shard {
   void Evict(Handle h, std::vector<BlockPtr>* evicted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     ++evictions_;
     evicted->push_back(Unlink(h));
+    if (*on_evicting_) (*on_evicting_)(evicted->back());
   }
 
   // Removes `h` from the index, its queue and the byte counts.
@@ -338,6 +340,8 @@ class HostTier::Shard {
   const uint32_t num_shards_;
   const PinOracle* const pins_;
   Clock* const clock_;
+  // HostTier::options_ outlives every shard.
+  const std::function<void(const BlockPtr&)>* const on_evicting_;
   TenantLedger* const ledger_;
 
   mutable absl::Mutex mu_;

@@ -72,6 +72,11 @@ struct HostTierOptions {
   // the evictions released its locks, before Put returns, even when that Put
   // then failed. Null = evicted blocks are dropped.
   std::function<void(std::vector<BlockPtr>)> on_evict;
+  // Called for each such block at the moment it leaves the tier, under the
+  // shard's lock, before on_evict: so the owner can make the block findable
+  // elsewhere with no gap in which it is nowhere. Must be cheap, must not
+  // block and must not call into this tier. Null = nothing.
+  std::function<void(const BlockPtr&)> on_evicting;
 
   absl::Status Validate() const;
 };

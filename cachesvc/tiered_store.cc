@@ -15,6 +15,7 @@ absl::StatusOr<std::unique_ptr<TieredStore>> TieredStore::Open(TieredStoreOption
   options.host.clock = options.clock;
   options.host.pins = &store->leases_;
   TieredStore* self = store.get();
+  options.host.on_evicting = [self](const BlockPtr& b) { self->MarkEvicting(b); };
   options.host.on_evict = [self](std::vector<BlockPtr> evicted) { self->WriteBack(std::move(evicted)); };
   KVC_ASSIGN_OR_RETURN(store->host_, HostTier::Create(options.host));
   return store;
@@ -25,19 +26,24 @@ TieredStore::~TieredStore() {
   disk_.reset();
 }
 
+void TieredStore::MarkEvicting(const BlockPtr& b) {
+  // Under the host shard's lock: from here until WriteBack finishes, Get and
+  // Locate find the block in pending_, and an Erase marks it there.
+  absl::MutexLock lock(&pending_mu_);
+  pending_[b->key()] = Pending{b, false};
+}
+
 void TieredStore::WriteBack(std::vector<BlockPtr> evicted) {
   for (BlockPtr& b : evicted) {
-    if (disk_->Contains(b->key())) continue;  // promoted or written through earlier
-    {
-      absl::MutexLock lock(&pending_mu_);
-      pending_[b->key()] = Pending{b, false};
-    }
-    absl::Status s = disk_->Put(b, PutOptions{.sync = false});
-    if (s.ok()) {
-      writebacks_.fetch_add(1, std::memory_order_relaxed);
-    } else {
-      writeback_failures_.fetch_add(1, std::memory_order_relaxed);
-      KVC_LOG(kWarning, "writeback_failed").With("key", b->key().DebugString()).With("error", s.ToString());
+    absl::Status s;
+    if (!disk_->Contains(b->key())) {  // else promoted or written through earlier
+      s = disk_->Put(b, PutOptions{.sync = false});
+      if (s.ok()) {
+        writebacks_.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        writeback_failures_.fetch_add(1, std::memory_order_relaxed);
+        KVC_LOG(kWarning, "writeback_failed").With("key", b->key().DebugString()).With("error", s.ToString());
+      }
     }
     bool erased = false;
     {
@@ -48,7 +54,7 @@ void TieredStore::WriteBack(std::vector<BlockPtr> evicted) {
         pending_.erase(it);
       }
     }
-    if (erased && s.ok()) (void)disk_->Erase(b->key());
+    if (erased) (void)disk_->Erase(b->key());
   }
 }
 
@@ -100,18 +106,22 @@ Tier TieredStore::Locate(const BlockKey& key) const {
 }
 
 absl::StatusOr<bool> TieredStore::Erase(const BlockKey& key) {
-  bool found = false;
+  // Host first: a block evicted before this point is already in pending_
+  // (MarkEvicting runs under the shard lock), so the mark below reaches it;
+  // one still in the host tier is removed and can no longer be evicted.
+  KVC_ASSIGN_OR_RETURN(bool in_host, host_->Erase(key));
+  bool pending = false;
   {
     absl::MutexLock lock(&pending_mu_);
     auto it = pending_.find(key);
     if (it != pending_.end() && !it->second.erased) {
       it->second.erased = true;
-      found = true;
+      pending = true;
     }
   }
-  KVC_ASSIGN_OR_RETURN(bool in_host, host_->Erase(key));
+  // A write-back that finished before the mark has put the block on disk.
   KVC_ASSIGN_OR_RETURN(bool on_disk, disk_->Erase(key));
-  return found || in_host || on_disk;
+  return in_host || pending || on_disk;
 }
 
 absl::StatusOr<PinGrant> TieredStore::Pin(std::span<const BlockKey> keys, absl::Duration lease) {

@@ -106,7 +106,8 @@ class TieredStore {
 
  private:
   explicit TieredStore(Clock* clock) : clock_(clock), leases_(clock) {}
-  void WriteBack(std::vector<BlockPtr> evicted);
+  void MarkEvicting(const BlockPtr& block);  // host on_evicting, under a shard lock
+  void WriteBack(std::vector<BlockPtr> evicted);  // host on_evict, outside its locks
 
   Clock* const clock_;
   LeaseTable leases_;

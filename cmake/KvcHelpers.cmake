@@ -1,18 +1,9 @@
-# kvc_cc_library(NAME name SRCS ... HDRS ... DEPS ... [OPTIONAL])
+# kvc_cc_library(NAME name SRCS ... HDRS ... DEPS ...)
 #   Builds static library kvc_<name>, aliased kvc::<name>. Include paths are
 #   rooted at the repository top, so headers are included as "cachesvc/x.h".
-#   OPTIONAL: skip the library while one of its sources does not exist yet.
 function(kvc_cc_library)
-  cmake_parse_arguments(K "OPTIONAL" "NAME" "SRCS;HDRS;DEPS" ${ARGN})
+  cmake_parse_arguments(K "" "NAME" "SRCS;HDRS;DEPS" ${ARGN})
   set(target kvc_${K_NAME})
-  if(K_OPTIONAL)
-    foreach(src ${K_SRCS})
-      if(NOT EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/${src})
-        message(STATUS "kvcache: skipping kvc::${K_NAME} (${src} not written yet)")
-        return()
-      endif()
-    endforeach()
-  endif()
   if(K_SRCS)
     add_library(${target} STATIC ${K_SRCS} ${K_HDRS})
     target_include_directories(${target} PUBLIC ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})

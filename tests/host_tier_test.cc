@@ -181,6 +181,8 @@ TEST(HostTierTest, OnEvictReceivesExactlyTheEvictedBlocks) {
   EvictionLog log;
   HostTierOptions o = OneShard(10);
   o.on_evict = log.Callback();
+  std::vector<BlockPtr> announced;  // on_evicting runs under the shard lock, before on_evict
+  o.on_evicting = [&announced](const BlockPtr& b) { announced.push_back(b); };
   auto tier = MakeTier(o);
   std::vector<BlockPtr> all;
   for (uint64_t seed = 1; seed <= 50; ++seed) {
@@ -198,6 +200,7 @@ TEST(HostTierTest, OnEvictReceivesExactlyTheEvictedBlocks) {
   EXPECT_EQ(resident.size() + evicted.size(), all.size()) << "every block is held or reported";
   EXPECT_EQ(tier->Usage().evictions, evicted.size());
   EXPECT_EQ(tier->Usage().blocks, 10u);
+  EXPECT_EQ(announced, log.Blocks()) << "on_evicting and on_evict see the same blocks, in order";
 }
 
 // Mixed Put/Get/Erase/Contains with pins and a quota from 4 threads: the
