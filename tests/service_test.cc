@@ -448,6 +448,43 @@ TEST_F(ServiceTest, ChangedTokensFileIsPickedUpWithoutASignal) {
   EXPECT_TRUE(a_->Stats().ok()) << "unchanged tenants keep working";
 }
 
+TEST_F(ServiceTest, ShutdownDrainsARunningStreamAndRefusesNewCalls) {
+  SyntheticSpec spec = Spec("a", 19);  // 64 KiB blocks
+  constexpr uint32_t kBlocks = 96;     // 6 MiB: far more than the slow client's window
+  for (uint32_t i = 0; i < kBlocks; i += 32) ASSERT_TRUE(a_->Put(PutOf(spec, i, 32, true)).ok());
+  ClientOptions slow_opts;
+  slow_opts.address = "127.0.0.1:" + std::to_string(server_->port());
+  slow_opts.token = kTokenA;
+  slow_opts.max_message_bytes = 1 << 20;  // also its flow-control window
+  auto slow = *CacheClient::Connect(slow_opts);
+
+  v1::GetRequest req;
+  for (const BlockKey& k : SyntheticKeys(spec, kBlocks)) k.ToProto(req.add_keys());
+  grpc::ClientContext ctx;
+  slow->PrepareContext(&ctx);
+  auto reader = slow->stub()->Get(&ctx, req);
+  v1::GetResponse r;
+  ASSERT_TRUE(reader->Read(&r));  // the stream is running
+
+  std::thread stopper([&] { server_->Shutdown(); });
+  absl::Status refused;
+  for (int i = 0; i < 100; ++i) {  // until the drain has begun
+    refused = a_->Stats().status();
+    if (!refused.ok()) break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable);
+  uint32_t received = 1;
+  while (reader->Read(&r)) {
+    EXPECT_EQ(r.error_code(), 0);
+    ++received;
+  }
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(received, kBlocks) << "the running stream was cut instead of drained";
+  stopper.join();
+  server_.reset();
+}
+
 TEST_F(ServiceTest, InfoReturnsTheLimits) {
   auto info = a_->Info();
   ASSERT_TRUE(info.ok());
