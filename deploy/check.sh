@@ -26,12 +26,17 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 kvcached="${1:-}"
 
-if ! command -v python3 >/dev/null 2>&1; then
-  echo "check.sh: python3 not found; install it: sudo apt-get install -y python3 python3-yaml" >&2
-  exit 2
-fi
-if ! python3 -c 'import yaml' >/dev/null 2>&1; then
-  echo "check.sh: the python3 'yaml' module is missing; install it: sudo apt-get install -y python3-yaml" >&2
+# Debian's python3 with python3-yaml (scripts/setup.sh installs it) first,
+# then whatever python3 is on PATH.
+PY=""
+for candidate in /usr/bin/python3 python3; do
+  if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import yaml' >/dev/null 2>&1; then
+    PY="$candidate"
+    break
+  fi
+done
+if [ -z "$PY" ]; then
+  echo "check.sh: no python3 with the 'yaml' module; install it: sudo apt-get install -y python3 python3-yaml" >&2
   exit 2
 fi
 if [ -n "$kvcached" ] && [ ! -x "$kvcached" ]; then
@@ -44,7 +49,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 # The Python part does the static checks and writes the configs for
 # --check_config into $tmp (one file per config found).
-python3 - "$repo" "$tmp" <<'PY'
+"$PY" - "$repo" "$tmp" <<'PY'
 import glob, os, re, sys
 import yaml
 

@@ -15,7 +15,7 @@ PACKAGES=(
   libxxhash-dev
   libyaml-cpp-dev
   libhiredis-dev redis-server
-  curl ca-certificates openssl
+  curl ca-certificates openssl python3 python3-yaml
 )
 
 missing=()
