@@ -25,6 +25,7 @@
 #include "absl/strings/str_split.h"
 #include "cachesvc/disk_tier.h"
 #include "gtest/gtest.h"
+#include "tests/temp_dir.h"
 #include "tests/test_blocks.h"
 
 namespace kvc {
@@ -124,13 +125,8 @@ std::vector<uint64_t> RunAndKill(const Child& child, int kill_after, int* wait_s
 
 class DiskTierCrashTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = ::testing::TempDir() + "disk_tier_crash_test.XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-  std::string dir_;
+  testing::TempDir tmp_;
+  const std::string dir_ = tmp_.path();
 };
 
 TEST_F(DiskTierCrashTest, AcknowledgedSyncPutsSurviveSigkill) {

@@ -16,6 +16,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rocksdb/db.h"
+#include "tests/temp_dir.h"
 #include "tests/test_blocks.h"
 
 namespace kvc {
@@ -37,12 +38,7 @@ BlockKey Key(uint64_t seed, std::string tenant = "t1") {
 
 class DiskTierTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = ::testing::TempDir() + "disk_tier_test.XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
+  testing::TempDir tmp_;
 
   DiskTierOptions Options(uint64_t capacity = 64ull << 20) const {
     DiskTierOptions o;
@@ -80,7 +76,7 @@ class DiskTierTest : public ::testing::Test {
     delete db;
   }
 
-  std::string dir_;
+  const std::string dir_ = tmp_.path();
 };
 
 TEST_F(DiskTierTest, PutGetEraseReplace) {

@@ -11,20 +11,6 @@
 
 namespace kvc::testing {
 
-TempDir::TempDir() {
-  std::string tmpl = (std::filesystem::path(::testing::TempDir()) / "kvc-XXXXXX").string();
-  if (mkdtemp(tmpl.data()) == nullptr) {
-    std::cerr << "mkdtemp failed\n";
-    std::abort();
-  }
-  path_ = tmpl;
-}
-
-TempDir::~TempDir() {
-  std::error_code ec;
-  std::filesystem::remove_all(path_, ec);
-}
-
 ServerOptions TestServerOptions(const std::string& dir) {
   ServerOptions o;
   o.listen_address = "127.0.0.1:0";

@@ -9,6 +9,7 @@
 #include "cachesvc/server/options.h"
 #include "cachesvc/server/server.h"
 #include "common/clock.h"
+#include "tests/temp_dir.h"
 #include "worker/cache_client.h"
 
 namespace kvc::testing {
@@ -17,17 +18,6 @@ namespace kvc::testing {
 inline constexpr char kTokenA[] = "token-of-tenant-a-0123456789";
 inline constexpr char kTokenB[] = "token-of-tenant-b-0123456789";
 inline constexpr char kTokenQ[] = "token-of-tenant-q-0123456789";  // tenant "q", quota 1 MiB
-
-// A fresh directory under the test temp dir, removed by the destructor.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // Options for a small test server in `dir`: auth on (tenants a, b, q),
 // metrics off, 8 MiB host tier, 256 MiB disk tier.
