@@ -1,0 +1,7 @@
+// Placeholder until implemented: every entry returns Unimplemented.
+#include "kernels/cpu/isa/cpu_kernels.h"
+
+namespace kvc::kernels::KVC_CPU_NS {
+absl::Status CascadeInsert(const ExecContext& ctx, const CascadeInsertArgs& args) { return absl::UnimplementedError("CascadeInsert: not implemented on this path"); }
+absl::Status CascadeGather(const ExecContext& ctx, const CascadeGatherArgs& args) { return absl::UnimplementedError("CascadeGather: not implemented on this path"); }
+}  // namespace kvc::kernels::KVC_CPU_NS

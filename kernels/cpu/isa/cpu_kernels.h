@@ -1,0 +1,36 @@
+// The optimised CPU path (one copy per ISA level, see isa.h): threads from
+// ExecContext::pool (or DefaultThreadPool()) and SIMD. Synchronous;
+// arguments are already validated. Every function matches the reference
+// within the tolerances its tests state.
+#ifndef KVC_KERNELS_CPU_ISA_CPU_KERNELS_H_
+#define KVC_KERNELS_CPU_ISA_CPU_KERNELS_H_
+
+#include "absl/status/status.h"
+#include "kernels/attention.h"
+#include "kernels/cascade.h"
+#include "kernels/cpu/isa/isa.h"
+#include "kernels/less.h"
+#include "kernels/token_select.h"
+
+namespace kvc::kernels::internal {
+struct KernelTable;
+}
+
+namespace kvc::kernels::KVC_CPU_NS {
+
+absl::Status Prefill(const ExecContext& ctx, const PrefillArgs& args);
+absl::Status Decode(const ExecContext& ctx, const DecodeArgs& args);
+absl::Status MergeStates(const ExecContext& ctx, const MergeStatesArgs& args);
+absl::Status QueryFingerprint(const ExecContext& ctx, const FingerprintArgs& args);
+absl::Status TokenSelect(const ExecContext& ctx, const TokenSelectArgs& args);
+absl::Status TokenSelectLse(const ExecContext& ctx, const TokenSelectArgs& args, float* lse_out);
+absl::Status CascadeInsert(const ExecContext& ctx, const CascadeInsertArgs& args);
+absl::Status CascadeGather(const ExecContext& ctx, const CascadeGatherArgs& args);
+absl::Status LessFold(const ExecContext& ctx, const LessFoldArgs& args);
+absl::Status LessCombine(const ExecContext& ctx, const LessCombineArgs& args);
+
+const internal::KernelTable& Kernels();
+
+}  // namespace kvc::kernels::KVC_CPU_NS
+
+#endif  // KVC_KERNELS_CPU_ISA_CPU_KERNELS_H_
