@@ -46,6 +46,10 @@ struct ScoreAccum {
   // of the keys (e.g. the cache part, merged with the chunk part).
   const float* lse = nullptr;
 };
+// Scores only: a Prefill/Decode call with out == nullptr, an accumulation
+// mode and accum.lse given computes no attention output, only the score
+// update (the second pass over keys once the merged lse is known); V is not
+// read, and `lse` is still written when given.
 
 // Kernel 1: one chunk of queries of one sequence against gathered keys,
 // flash-style (online softmax over key tiles; the score matrix is never

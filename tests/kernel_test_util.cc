@@ -84,7 +84,7 @@ double MaxAbsDiff(absl::Span<const float> got, absl::Span<const float> want) {
 
 std::vector<CpuVariant> CpuVariants() {
   std::vector<CpuVariant> out;
-  for (const char* isa : {"v4", "v3", "v2"}) {
+  for (const char* isa : {"v4", "v3"}) {
     auto table = internal::CpuKernelsForIsa(isa);
     if (table.ok()) out.push_back({(*table)->name, *table});
   }

@@ -9,9 +9,6 @@ const internal::KernelTable& Kernels();
 namespace cpu_v3 {
 const internal::KernelTable& Kernels();
 }
-namespace cpu_v2 {
-const internal::KernelTable& Kernels();
-}
 
 namespace internal {
 
@@ -20,7 +17,6 @@ const KernelTable& CpuKernels() {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4")) return &cpu_v4::Kernels();
     if (__builtin_cpu_supports("x86-64-v3")) return &cpu_v3::Kernels();
-    if (__builtin_cpu_supports("x86-64-v2")) return &cpu_v2::Kernels();
     return &ReferenceKernels();
   }();
   return *table;
@@ -30,7 +26,6 @@ absl::StatusOr<const KernelTable*> CpuKernelsForIsa(absl::string_view isa) {
   __builtin_cpu_init();
   if (isa == "v4" && __builtin_cpu_supports("x86-64-v4")) return &cpu_v4::Kernels();
   if (isa == "v3" && __builtin_cpu_supports("x86-64-v3")) return &cpu_v3::Kernels();
-  if (isa == "v2" && __builtin_cpu_supports("x86-64-v2")) return &cpu_v2::Kernels();
   return absl::UnavailableError(
       absl::StrCat("CPU kernels for x86-64-", isa, " do not run on this processor"));
 }

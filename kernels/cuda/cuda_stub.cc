@@ -5,7 +5,8 @@
 namespace kvc::kernels {
 namespace {
 absl::Status NotBuilt() {
-  return absl::UnavailableError("CUDA backend: this binary was built without CUDA (no nvcc found)");
+  return absl::UnavailableError(
+      "CUDA backend: this binary was built without CUDA (KVC_CUDA=OFF or no nvcc found)");
 }
 }  // namespace
 
@@ -14,8 +15,7 @@ absl::Status CudaAvailable() { return NotBuilt(); }
 absl::StatusOr<std::string> CudaDeviceName() { return NotBuilt(); }
 
 absl::StatusOr<DeviceBuffer> DeviceBuffer::Allocate(size_t) { return NotBuilt(); }
-DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept
-    : ptr_(other.ptr_), bytes_(other.bytes_) {
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept : ptr_(other.ptr_), bytes_(other.bytes_) {
   other.ptr_ = nullptr;
   other.bytes_ = 0;
 }

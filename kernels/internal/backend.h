@@ -31,9 +31,10 @@ struct KernelTable {
 
 // kernels/ref: the specification.
 const KernelTable& ReferenceKernels();
-// kernels/cpu: the widest ISA build this CPU runs (AVX-512, AVX2, baseline).
+// kernels/cpu: the widest ISA build this CPU runs (AVX-512 or AVX2); the
+// reference on a CPU without AVX2.
 const KernelTable& CpuKernels();
-// One ISA build of kernels/cpu ("v4", "v3", "v2"), for tests that cover
+// One ISA build of kernels/cpu ("v4", "v3"), for tests that cover
 // every build this processor can run; Unavailable for the others.
 absl::StatusOr<const KernelTable*> CpuKernelsForIsa(absl::string_view isa);
 // kernels/cuda: Unavailable when built without CUDA or when no device is present.

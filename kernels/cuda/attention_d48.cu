@@ -1,0 +1,7 @@
+// AttentionKernel for head dim 48.
+#include "kernels/cuda/attention_kernel.cuh"
+
+namespace kvc::kernels::cuda {
+template absl::Status LaunchAttentionKernel<48>(const AttentionParams&, int, dim3, size_t,
+                                                cudaStream_t);
+}  // namespace kvc::kernels::cuda
