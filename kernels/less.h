@@ -9,8 +9,9 @@
 // the (out, lse) state Decode/Prefill return, so the combination is done in
 // log space: with m = max(lse, log(phi(q) z)),
 //   a = [phi(q) H e^{-m} + e^{lse-m} out] / [phi(q) z e^{-m} + e^{lse-m}],
-// phi(q) z clamped below at 1e-6. An empty state (z = 0: nothing folded, as
-// psi > 0) contributes nothing, so the output equals sparse attention exactly.
+// phi(q) z clamped below at 1e-6. A KV head whose state is empty (every z
+// entry 0: nothing folded, as psi > 0) contributes nothing, so the output
+// equals sparse attention exactly (the clamp would otherwise perturb it).
 // phi and psi see q and k as given (this project passes pre-RoPE vectors:
 // positions are re-assigned by the cascade, the state must not depend on them).
 #ifndef KVC_KERNELS_LESS_H_
