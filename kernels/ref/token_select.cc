@@ -110,8 +110,7 @@ absl::Status QueryFingerprint(const ExecContext& ctx, const FingerprintArgs& arg
 }
 
 absl::Status TokenSelectLse(const ExecContext& ctx, const TokenSelectArgs& args, float* lse_out) {
-  const std::vector<float> lse =
-      EligibleLse(Logits(args), args.num_q_heads, ExtentOf(args));
+  const std::vector<float> lse = EligibleLse(Logits(args), args.num_q_heads, ExtentOf(args));
   std::copy(lse.begin(), lse.end(), lse_out);
   return absl::OkStatus();
 }

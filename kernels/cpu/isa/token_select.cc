@@ -82,8 +82,8 @@ void ChunkLsePartials(const float* logits, int32_t num_heads, int64_t begin, int
     v8d lo = {}, hi = {};
     const auto add = [&](v16f e) {
       lo += __builtin_convertvector(__builtin_shufflevector(e, e, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
-      hi += __builtin_convertvector(__builtin_shufflevector(e, e, 8, 9, 10, 11, 12, 13, 14, 15),
-                                    v8d);
+      hi +=
+          __builtin_convertvector(__builtin_shufflevector(e, e, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
     };
     for (int64_t v = first; v < last; v += kLanes) add(Exp(Load(row + v) - m));
     for (int i = 0; i < num_masked; ++i) {
@@ -160,13 +160,13 @@ class Selector {
   int64_t select_begin_, select_end_, lo_, hi_, chunks_;
   int32_t radius_;
 
-  AlignedFloats query_;        // PrepareScanQuery()
-  float* logits_ = nullptr;    // [chunks][Hq][kChunk], CachedLogitsScratch()
-  AlignedFloats chunk_max_;    // [chunks][Hq]
+  AlignedFloats query_;                  // PrepareScanQuery()
+  float* logits_ = nullptr;              // [chunks][Hq][kChunk], CachedLogitsScratch()
+  AlignedFloats chunk_max_;              // [chunks][Hq]
   std::unique_ptr<double[]> chunk_sum_;  // [chunks][Hq]
-  AlignedFloats lse_;          // [Hq]
-  AlignedFloats score_;        // radius -inf, [chunks * kChunk], radius -inf
-  AlignedFloats pooled_;       // [hi - lo] when pooling
+  AlignedFloats lse_;                    // [Hq]
+  AlignedFloats score_;                  // radius -inf, [chunks * kChunk], radius -inf
+  AlignedFloats pooled_;                 // [hi - lo] when pooling
   LogitScan scan_;
   std::atomic<bool> scan_ok_{true};
 };

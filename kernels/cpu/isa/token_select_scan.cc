@@ -23,11 +23,22 @@ namespace {
 using tile::kW;
 using tile::vw;
 
-// Element offset of (slot, KV head 0); KV head h adds h * HeadStride().
-// Avoids the division of KvPool::Offset for unpaged pools.
+// KvPool::Offset(slot, 0); KV head h adds h * HeadStride(). NHD rows do not
+// depend on the page size, and power-of-two pages need no division.
 inline int64_t RowOffset(const KvPool& pool, int64_t slot) {
-  if (pool.page_size == 1) return slot * pool.num_kv_heads * pool.head_dim;
-  return pool.Offset(slot, 0);
+  const int64_t page_size = pool.page_size;
+  if (pool.layout == KvLayout::kNHD || page_size == 1) {
+    return slot * pool.num_kv_heads * pool.head_dim;
+  }
+  int64_t page, in_page;
+  if ((page_size & (page_size - 1)) == 0) {
+    page = slot >> __builtin_ctzll(page_size);
+    in_page = slot & (page_size - 1);
+  } else {
+    page = slot / page_size;
+    in_page = slot % page_size;
+  }
+  return (page * pool.num_kv_heads * page_size + in_page) * pool.head_dim;
 }
 inline int64_t HeadStride(const KvPool& pool) {
   return pool.layout == KvLayout::kNHD ? pool.head_dim

@@ -22,9 +22,7 @@ inline constexpr int kW = 16;
 typedef float vw __attribute__((vector_size(64)));
 typedef uint32_t vwu __attribute__((vector_size(64)));
 typedef uint16_t vwh __attribute__((vector_size(32)));
-inline vw Fma(vw a, vw b, vw c) {
-  return (vw)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
-}
+inline vw Fma(vw a, vw b, vw c) { return (vw)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
 #elif defined(__AVX2__)
 inline constexpr int kW = 8;
 typedef float vw __attribute__((vector_size(32)));
@@ -63,7 +61,8 @@ inline vw LoadRow(const typename Tag::Storage* p) {
   } else {
 #if defined(__AVX512F__)
     // The maskz form: GCC 12 warns of the plain one's undefined passthrough.
-    return (vw)_mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return (vw)_mm512_maskz_cvtph_ps(0xffff,
+                                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 #elif defined(__F16C__)
     return (vw)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 #else

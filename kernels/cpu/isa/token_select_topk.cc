@@ -18,8 +18,8 @@ inline uint32_t ScoreOrderKey(float score) {
 
 }  // namespace
 
-void SelectTopK(const float* scores, int64_t n, int64_t k, int64_t index_offset,
-                int32_t* selected, float* selected_scores) {
+void SelectTopK(const float* scores, int64_t n, int64_t k, int64_t index_offset, int32_t* selected,
+                float* selected_scores) {
   // Most significant digit first: find the k-th largest key `threshold`
   // 8 bits at a time, counting only keys that match the digits fixed so far.
   // `needed` ends as the number of keys equal to the threshold that belong

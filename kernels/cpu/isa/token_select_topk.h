@@ -14,8 +14,8 @@ namespace kvc::kernels::KVC_CPU_NS {
 // below everything, -0 equal to +0) -- in ascending order, each plus
 // `index_offset`, and their scores to selected_scores[0, k) when it is not
 // null. REQUIRES: 1 <= k <= n.
-void SelectTopK(const float* scores, int64_t n, int64_t k, int64_t index_offset,
-                int32_t* selected, float* selected_scores);
+void SelectTopK(const float* scores, int64_t n, int64_t k, int64_t index_offset, int32_t* selected,
+                float* selected_scores);
 
 }  // namespace kvc::kernels::KVC_CPU_NS
 
