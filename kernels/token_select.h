@@ -17,9 +17,10 @@
 // candidates, CombineLse gives the global lse, every shard runs TokenSelect
 // with that global lse (passing pool_kernel / 2 halo candidates on each side
 // of its eligible range when pooling), and MergeTopK merges the shards'
-// selections. The result equals the single-pool selection exactly: lse is
+// selections. The selection equals the single-pool selection: lse is
 // accumulated in fp64 and a candidate's logit does not depend on which shard
-// or thread computes it.
+// or thread computes it. Scores may differ from the single-pool ones by one
+// fp32 rounding of the combined lse.
 #ifndef KVC_KERNELS_TOKEN_SELECT_H_
 #define KVC_KERNELS_TOKEN_SELECT_H_
 
@@ -69,8 +70,13 @@ struct TokenSelectArgs {
   int32_t* selected = nullptr;       // [k] candidate positions, ascending
   float* selected_scores = nullptr;  // [k], optional: pooled score of each
   float* scores = nullptr;           // [num_candidates], optional: every pooled score
-  // CUDA only: scratch of at least TokenSelectWorkspaceBytes(); CPU paths
-  // ignore it.
+  // Scratch of at least TokenSelectWorkspaceBytes() (device memory on
+  // CUDA, where it is required, also by TokenSelectLse). The CPU path keeps
+  // its per-head logits here when given; without one it keeps them in a
+  // scratch of the calling thread, reused between calls, up to 64 MiB
+  // (Hq x candidates x 4 bytes: 128K candidates at 32 heads is 16 MiB), and
+  // beyond that scans the keys twice. A given workspace that is too small is
+  // an InvalidArgument on every backend.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 };

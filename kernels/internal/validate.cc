@@ -296,17 +296,21 @@ absl::Status ValidateTokenSelect(const TokenSelectArgs& a, Backend backend, bool
   if (a.pool_kernel < 0 || (a.pool_kernel > 1 && a.pool_kernel % 2 == 0)) {
     return Invalid(k, absl::StrCat("pool_kernel must be 0, 1 or odd, got ", a.pool_kernel));
   }
+  // CUDA needs the workspace; the CPU path uses one when given (otherwise its
+  // own scratch), so a given one must be large enough on every backend.
+  const size_t ws_needed = TokenSelectWorkspaceBytes(a.num_candidates, a.num_q_heads);
+  if ((backend == Backend::kCuda || a.workspace != nullptr) &&
+      (a.workspace == nullptr || a.workspace_bytes < ws_needed)) {
+    return Invalid(k, absl::StrCat(a.workspace == nullptr ? "CUDA needs a workspace: " : "", "workspace of ",
+                                   a.workspace_bytes, " bytes is smaller than the ", ws_needed,
+                                   " needed (TokenSelectWorkspaceBytes)"));
+  }
   if (for_lse) return absl::OkStatus();
   const int64_t eligible = end - a.select_begin;
   if (a.k < 1 || a.k > eligible) {
     return Invalid(k, absl::StrCat("k = ", a.k, " must be in [1, ", eligible, "] (the eligible candidates)"));
   }
   if (a.selected == nullptr) return Invalid(k, "selected is null");
-  if (backend == Backend::kCuda &&
-      (a.workspace == nullptr || a.workspace_bytes < TokenSelectWorkspaceBytes(a.num_candidates, a.num_q_heads))) {
-    return Invalid(k, absl::StrCat("CUDA workspace of ", a.workspace_bytes, " bytes is smaller than the ",
-                                   TokenSelectWorkspaceBytes(a.num_candidates, a.num_q_heads), " needed"));
-  }
   const size_t kb = static_cast<size_t>(a.k) * 4, nb = static_cast<size_t>(a.num_candidates) * 4;
   const size_t hb = static_cast<size_t>(a.num_q_heads) * 4;
   return CheckDisjoint(

@@ -29,7 +29,7 @@ struct ChunkScratch {
     return pair_angles && key_angles && keys && values;
   }
   // pair_angles: [16][cos | sin] per RoPE pair; key_angles: [16][2][padded]
-  // expanded rows (decode_block.h ExpandAngles); keys, values: [16][padded].
+  // expanded rows (rope.h ExpandAngles); keys, values: [16][padded].
   AlignedFloats pair_angles, key_angles, keys, values;
 };
 
@@ -212,8 +212,9 @@ absl::Status RunChunks(ThreadPool& pool, const DecodePlan& plan) {
 template <class Tag, int NV>
 absl::Status RunChunksForRope(ThreadPool& pool, const DecodePlan& plan) {
   if (plan.direct && plan.setup->rotate_keys) {
-    if (plan.setup->style == RopeStyle::kHalf)
+    if (plan.setup->style == RopeStyle::kHalf) {
       return RunChunks<Tag, NV, RopeStyle::kHalf>(pool, plan);
+    }
     return RunChunks<Tag, NV, RopeStyle::kInterleaved>(pool, plan);
   }
   return RunChunks<Tag, NV, RopeStyle::kNone>(pool, plan);

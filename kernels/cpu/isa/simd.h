@@ -2,10 +2,11 @@
 // extensions so one source compiles for every ISA level (isa.h): a 16-float
 // vector is one zmm register on v4, two ymm on v3, four xmm on v2.
 //
-// The project builds with -std=c++20 (no GNU extensions), which makes GCC
-// use -ffp-contract=off: `a * b + c` is never fused. Use Fma() where a fused
-// multiply-add is wanted; it is exact-rounded FMA on v3/v4 and a separate
-// multiply and add on v2.
+// The ISA builds use -ffp-contract=fast (kernels/CMakeLists.txt), so GCC
+// may fuse `a * b + c`. Where the rounding must be the same on every ISA
+// build and thread count (TokenSelect logits, the cascade scores), use Fma()
+// explicitly; it is exact-rounded FMA on v3/v4 and a separate multiply and
+// add on v2.
 #ifndef KVC_KERNELS_CPU_ISA_SIMD_H_
 #define KVC_KERNELS_CPU_ISA_SIMD_H_
 

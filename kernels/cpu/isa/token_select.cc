@@ -108,10 +108,16 @@ void ScoreChunk(const float* logits, int32_t num_heads, const float* lse, int64_
   }
 }
 
+// Logits of every scanned chunk are kept when they fit (in the caller's
+// workspace, or in this scratch of the calling thread, kept between calls up
+// to kMaxCachedLogitsBytes: 16 MiB at 128K candidates and 32 heads;
+// allocating it afresh would cost a page fault per 4 KiB, about a tenth of
+// the call). Otherwise the keys are scanned twice, once for the lse and once
+// for the scores, with one chunk of logits per thread.
+constexpr size_t kMaxCachedLogitsBytes = size_t{64} << 20;
+
 // The logits scratch of the calling thread, at least `floats` long (null
-// when it cannot be allocated). It is kept between calls, as large as the
-// largest call so far (16 MiB at 128K candidates and 32 heads): allocating
-// it afresh would cost a page fault per 4 KiB, about a tenth of the call.
+// when it cannot be allocated).
 float* CachedLogitsScratch(size_t floats) {
   thread_local AlignedFloats buffer;
   thread_local size_t capacity = 0;
@@ -161,7 +167,9 @@ class Selector {
   int32_t radius_;
 
   AlignedFloats query_;                  // PrepareScanQuery()
-  float* logits_ = nullptr;              // [chunks][Hq][kChunk], CachedLogitsScratch()
+  // [chunks][Hq][kChunk] (workspace or CachedLogitsScratch()); null when
+  // the keys are scanned twice.
+  float* logits_ = nullptr;
   AlignedFloats chunk_max_;              // [chunks][Hq]
   std::unique_ptr<double[]> chunk_sum_;  // [chunks][Hq]
   AlignedFloats lse_;                    // [Hq]
@@ -175,11 +183,23 @@ absl::Status Selector::Prepare() {
   const int32_t hq = args_.num_q_heads, dim = args_.pool.head_dim;
   const float scale = args_.scale != 0.0f ? args_.scale : 1.0f / std::sqrt(static_cast<float>(dim));
   query_ = AllocateFloats(static_cast<size_t>(hq) * ScanPaddedDim(dim));
-  logits_ = CachedLogitsScratch(static_cast<size_t>(chunks_) * hq * kChunk);
+  const size_t logit_floats = static_cast<size_t>(chunks_) * hq * kChunk;
+  const bool keeps_logits = !lse_only_ && args_.global_lse == nullptr;
+  if (keeps_logits && args_.workspace != nullptr) {
+    // Validation checked workspace_bytes >= TokenSelectWorkspaceBytes(),
+    // which covers the logits rounded up to whole chunks, aligned.
+    void* p = args_.workspace;
+    size_t space = args_.workspace_bytes;
+    logits_ = static_cast<float*>(std::align(64, logit_floats * sizeof(float), p, space));
+    if (logits_ == nullptr) return absl::InternalError("TokenSelect: workspace smaller than its logits");
+  } else if (keeps_logits && logit_floats * sizeof(float) <= kMaxCachedLogitsBytes) {
+    logits_ = CachedLogitsScratch(logit_floats);
+    if (logits_ == nullptr) return OutOfMemory();
+  }
   chunk_max_ = AllocateFloats(static_cast<size_t>(chunks_) * hq);
   chunk_sum_.reset(new (std::nothrow) double[std::max<int64_t>(1, chunks_ * hq)]);
   lse_ = AllocateFloats(hq);
-  if (!query_ || !logits_ || !chunk_max_ || !chunk_sum_ || !lse_) return OutOfMemory();
+  if (!query_ || !chunk_max_ || !chunk_sum_ || !lse_) return OutOfMemory();
   if (!lse_only_) {
     score_ = AllocateFloats(chunks_ * kChunk + 2 * radius_);
     if (!score_) return OutOfMemory();
@@ -206,14 +226,16 @@ void Selector::ScanChunks(bool lse_known) {
   const int64_t tasks = std::min<int64_t>(pool_.num_threads(), chunks_);
   pool_.ParallelFor(tasks, 1, [&](int64_t, int64_t) {
     AlignedFloats scratch = AllocateFloats(ScanScratchFloats(args_.pool));
-    if (!scratch) {
+    AlignedFloats own_logits;
+    if (logits_ == nullptr) own_logits = AllocateFloats(static_cast<size_t>(hq) * kChunk);
+    if (!scratch || (logits_ == nullptr && !own_logits)) {
       scan_ok_.store(false, std::memory_order_relaxed);
       return;
     }
     for (int64_t c; (c = next_chunk.fetch_add(1, std::memory_order_relaxed)) < chunks_;) {
       const int64_t begin = lo_ + c * kChunk, end = std::min(hi_, begin + kChunk);
       const int64_t len = end - begin, padded = RoundUp(len, kLanes);
-      float* logits = logits_ + c * hq * kChunk;
+      float* logits = logits_ != nullptr ? logits_ + c * hq * kChunk : own_logits.get();
       ScanLogits(scan_, begin, end, logits, kChunk, scratch.get());
       for (int32_t h = 0; h < hq; ++h) {
         std::fill(logits + h * kChunk + len, logits + h * kChunk + padded, 0.0f);
@@ -294,7 +316,12 @@ absl::Status Selector::Run(float* lse_out) {
     std::copy(lse_.get(), lse_.get() + hq, lse_out);
     return absl::OkStatus();
   }
-  if (!lse_known) ScoreChunks();
+  if (!lse_known && logits_ != nullptr) {
+    ScoreChunks();
+  } else if (!lse_known) {
+    ScanChunks(/*lse_known=*/true);  // the logits were not kept: scan again
+    if (!scan_ok_.load()) return OutOfMemory();
+  }
   Pool();
   const float* pooled = radius_ > 0 ? pooled_.get() : score_.get() + radius_;
   SelectTopK(pooled + (select_begin_ - lo_), select_end_ - select_begin_, args_.k, select_begin_,
