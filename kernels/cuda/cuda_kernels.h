@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "kernels/attention.h"
 #include "kernels/cascade.h"
+#include "kernels/dense.h"
 #include "kernels/less.h"
 #include "kernels/token_select.h"
 
@@ -26,6 +27,9 @@ absl::Status CascadeInsert(const ExecContext& ctx, const CascadeInsertArgs& args
 absl::Status CascadeGather(const ExecContext& ctx, const CascadeGatherArgs& args);
 absl::Status LessFold(const ExecContext& ctx, const LessFoldArgs& args);
 absl::Status LessCombine(const ExecContext& ctx, const LessCombineArgs& args);
+absl::Status Linear(const ExecContext& ctx, const LinearArgs& args);
+absl::Status RmsNorm(const ExecContext& ctx, const RmsNormArgs& args);
+absl::Status SwiGlu(const ExecContext& ctx, const SwiGluArgs& args);
 
 }  // namespace kvc::kernels::cuda
 

@@ -21,6 +21,9 @@ absl::StatusOr<const KernelTable*> CudaKernels() {
       cuda::CascadeGather,
       cuda::LessFold,
       cuda::LessCombine,
+      cuda::Linear,
+      cuda::RmsNorm,
+      cuda::SwiGlu,
   };
   return &table;
 }

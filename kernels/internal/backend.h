@@ -1,5 +1,6 @@
 // The dispatch seam: one table of kernel implementations per backend. The
-// public entry points (attention.cc, token_select.cc, cascade.cc, less.cc)
+// public entry points (attention.cc, token_select.cc, cascade.cc, less.cc,
+// dense.cc)
 // validate arguments once (internal/validate.h) and call the table of the
 // backend named in the ExecContext; implementations may assume valid
 // arguments.
@@ -10,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/attention.h"
 #include "kernels/cascade.h"
+#include "kernels/dense.h"
 #include "kernels/less.h"
 #include "kernels/token_select.h"
 
@@ -27,6 +29,9 @@ struct KernelTable {
   absl::Status (*cascade_gather)(const ExecContext&, const CascadeGatherArgs&);
   absl::Status (*less_fold)(const ExecContext&, const LessFoldArgs&);
   absl::Status (*less_combine)(const ExecContext&, const LessCombineArgs&);
+  absl::Status (*linear)(const ExecContext&, const LinearArgs&);
+  absl::Status (*rms_norm)(const ExecContext&, const RmsNormArgs&);
+  absl::Status (*swiglu)(const ExecContext&, const SwiGluArgs&);
 };
 
 // kernels/ref: the specification.

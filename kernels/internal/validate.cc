@@ -428,4 +428,50 @@ absl::Status ValidateLessCombine(const LessCombineArgs& a) {
                         {"state.h", a.state.h, static_cast<size_t>(a.state.num_kv_heads) * a.state.rank * a.state.head_dim * 4}});
 }
 
+absl::Status ValidateLinear(const LinearArgs& a) {
+  constexpr absl::string_view k = "Linear";
+  if (a.k <= 0) return Invalid(k, absl::StrCat("k must be > 0, got ", a.k));
+  if (a.n <= 0) return Invalid(k, absl::StrCat("n must be > 0, got ", a.n));
+  if (a.m < 0) return Invalid(k, absl::StrCat("m must be >= 0, got ", a.m));
+  if (a.w_dtype != DType::kF32 && a.w_dtype != DType::kBF16) {
+    return Invalid(k, absl::StrCat("w_dtype must be f32 or bf16, got ", DTypeName(a.w_dtype), " (",
+                                   static_cast<int>(a.w_dtype), ")"));
+  }
+  if (a.w == nullptr) return Invalid(k, "w is null");
+  if (a.m == 0) return absl::OkStatus();
+  if (a.x == nullptr) return Invalid(k, "x is null");
+  if (a.y == nullptr) return Invalid(k, "y is null");
+  const size_t m = static_cast<size_t>(a.m);
+  return CheckDisjoint(k, {{"y", a.y, m * a.n * 4}},
+                       {{"x", a.x, m * a.k * 4},
+                        {"w", a.w, static_cast<size_t>(a.n) * a.k * DTypeSize(a.w_dtype)}});
+}
+
+absl::Status ValidateRmsNorm(const RmsNormArgs& a) {
+  constexpr absl::string_view k = "RmsNorm";
+  if (a.dim <= 0) return Invalid(k, absl::StrCat("dim must be > 0, got ", a.dim));
+  if (a.rows < 0) return Invalid(k, absl::StrCat("rows must be >= 0, got ", a.rows));
+  if (!(a.eps > 0) || !std::isfinite(a.eps)) {
+    return Invalid(k, absl::StrCat("eps must be finite and > 0, got ", a.eps));
+  }
+  if (a.weight == nullptr) return Invalid(k, "weight is null");
+  if (a.rows == 0) return absl::OkStatus();
+  if (a.x == nullptr) return Invalid(k, "x is null");
+  if (a.out == nullptr) return Invalid(k, "out is null");
+  const size_t bytes = static_cast<size_t>(a.rows) * a.dim * 4;
+  return CheckDisjoint(k, {{"out", a.out, bytes}},
+                       {{"x", a.x, bytes}, {"weight", a.weight, static_cast<size_t>(a.dim) * 4}});
+}
+
+absl::Status ValidateSwiGlu(const SwiGluArgs& a) {
+  constexpr absl::string_view k = "SwiGlu";
+  if (a.count < 0) return Invalid(k, absl::StrCat("count must be >= 0, got ", a.count));
+  if (a.count == 0) return absl::OkStatus();
+  if (a.gate == nullptr) return Invalid(k, "gate is null");
+  if (a.up == nullptr) return Invalid(k, "up is null");
+  if (a.out == nullptr) return Invalid(k, "out is null");
+  const size_t bytes = static_cast<size_t>(a.count) * 4;
+  return CheckDisjoint(k, {{"out", a.out, bytes}}, {{"gate", a.gate, bytes}, {"up", a.up, bytes}});
+}
+
 }  // namespace kvc::kernels::internal

@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "kernels/attention.h"
 #include "kernels/cascade.h"
+#include "kernels/dense.h"
 #include "kernels/less.h"
 #include "kernels/token_select.h"
 
@@ -23,6 +24,9 @@ absl::Status ValidateCascadeInsert(const CascadeInsertArgs& args);
 absl::Status ValidateCascadeGather(const CascadeGatherArgs& args);
 absl::Status ValidateLessFold(const LessFoldArgs& args, Backend backend);
 absl::Status ValidateLessCombine(const LessCombineArgs& args);
+absl::Status ValidateLinear(const LinearArgs& args);
+absl::Status ValidateRmsNorm(const RmsNormArgs& args);
+absl::Status ValidateSwiGlu(const SwiGluArgs& args);
 
 }  // namespace kvc::kernels::internal
 

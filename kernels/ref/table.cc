@@ -7,7 +7,8 @@ const KernelTable& ReferenceKernels() {
   static const KernelTable table = {
       "reference",       ref::Prefill,       ref::Decode,        ref::MergeStates,
       ref::QueryFingerprint, ref::TokenSelect, ref::TokenSelectLse, ref::CascadeInsert,
-      ref::CascadeGather, ref::LessFold,      ref::LessCombine,
+      ref::CascadeGather, ref::LessFold,      ref::LessCombine,  ref::Linear,
+      ref::RmsNorm,       ref::SwiGlu,
   };
   return table;
 }

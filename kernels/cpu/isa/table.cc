@@ -10,7 +10,8 @@ const internal::KernelTable& Kernels() {
   static const internal::KernelTable table = {
       "cpu-x86-64-" KVC_STR(KVC_CPU_ISA), Prefill,       Decode,        MergeStates,
       QueryFingerprint,                   TokenSelect,   TokenSelectLse, CascadeInsert,
-      CascadeGather,                      LessFold,      LessCombine,
+      CascadeGather,                      LessFold,      LessCombine,    Linear,
+      RmsNorm,                            SwiGlu,
   };
   return table;
 }

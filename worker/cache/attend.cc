@@ -1,0 +1,65 @@
+#include "worker/cache/attend.h"
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/attention.h"
+
+namespace kvc::cache {
+
+absl::Status CheckAttendArgs(const model::ModelConfig& config, const model::AttendArgs& a) {
+  if (a.layer < 0 || a.layer >= config.n_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("attend: layer ", a.layer, " is outside [0, ", config.n_layers, ")"));
+  }
+  if (a.num_tokens < 1) return absl::InvalidArgumentError(absl::StrCat("attend: num_tokens ", a.num_tokens, " < 1"));
+  if (a.first_position < 0 || a.first_position + a.num_tokens > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("attend: positions [", a.first_position, ", ",
+                                                   a.first_position + a.num_tokens, ") are out of range"));
+  }
+  if (a.q == nullptr || a.k == nullptr || a.v == nullptr || a.out == nullptr) {
+    return absl::InvalidArgumentError("attend: q, k, v and out must be non-null");
+  }
+  return absl::OkStatus();
+}
+
+kernels::Rope ModelRope(const model::ModelConfig& config) {
+  return kernels::Rope{kernels::RopeStyle::kInterleaved, config.rope_theta};
+}
+
+absl::Status AttendCausal(const kernels::ExecContext& ctx, const model::ModelConfig& config,
+                          const model::AttendArgs& a, const kernels::KvPool& pool, const int32_t* slots,
+                          const int32_t* positions, int64_t count, const int32_t* query_positions) {
+  const int32_t indptr[2] = {0, static_cast<int32_t>(count)};
+  kernels::KvGather gather{indptr, slots, positions, false};
+  std::vector<int32_t> own_positions;
+  if (query_positions == nullptr) {
+    own_positions.resize(a.num_tokens);
+    for (int64_t i = 0; i < a.num_tokens; ++i) own_positions[i] = static_cast<int32_t>(a.first_position + i);
+    query_positions = own_positions.data();
+  }
+  if (a.num_tokens == 1) {
+    kernels::DecodeArgs d;
+    d.q = a.q;
+    d.q_positions = query_positions;
+    d.batch = 1;
+    d.num_q_heads = config.n_heads;
+    d.kv = pool;
+    d.gather = gather;
+    d.rope = ModelRope(config);
+    d.out = a.out;
+    return kernels::Decode(ctx, d);
+  }
+  kernels::PrefillArgs p;
+  p.q = a.q;
+  p.q_positions = query_positions;
+  p.num_q = a.num_tokens;
+  p.num_q_heads = config.n_heads;
+  p.kv = pool;
+  p.gather = gather;
+  p.causal = true;
+  p.rope = ModelRope(config);
+  p.out = a.out;
+  return kernels::Prefill(ctx, p);
+}
+
+}  // namespace kvc::cache

@@ -1,0 +1,32 @@
+// Helpers every policy uses to run the attention kernels over what it
+// keeps.
+#ifndef KVC_WORKER_CACHE_ATTEND_H_
+#define KVC_WORKER_CACHE_ATTEND_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/types.h"
+#include "worker/model/checkpoint.h"
+#include "worker/model/transformer.h"
+
+namespace kvc::cache {
+
+// InvalidArgument naming what is wrong with `a` for a model of `config`.
+absl::Status CheckAttendArgs(const model::ModelConfig& config, const model::AttendArgs& a);
+
+// The model's RoPE (interleaved pairs, llama2.c).
+kernels::Rope ModelRope(const model::ModelConfig& config);
+
+// Causal attention of the chunk's queries over one gathered list of `count`
+// slots of `pool` whose last a.num_tokens entries are the chunk's own
+// tokens in order; keys rotated to `positions` ([count]) and query i to
+// query_positions[i] (nullptr: a.first_position + i). Decode for a single
+// query, Prefill otherwise.
+absl::Status AttendCausal(const kernels::ExecContext& ctx, const model::ModelConfig& config,
+                          const model::AttendArgs& a, const kernels::KvPool& pool, const int32_t* slots,
+                          const int32_t* positions, int64_t count, const int32_t* query_positions = nullptr);
+
+}  // namespace kvc::cache
+
+#endif  // KVC_WORKER_CACHE_ATTEND_H_

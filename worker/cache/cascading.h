@@ -1,0 +1,79 @@
+// The cascading KV cache (ALGORITHMS.md §1) as a policy: per layer, sinks
+// plus C ring-buffer sub-caches that accept exponentially fewer tokens the
+// older they are, scored by an EMA of the attention they receive. Each
+// chunk (prefill stride, or one decode token) attends [sinks | cache |
+// chunk (causal)] at cache-relative positions (or original ones), then is
+// pushed into the cache. With C = 1 this is StreamingLLM (sinks + the last
+// W tokens) and no scores are computed.
+#ifndef KVC_WORKER_CACHE_CASCADING_H_
+#define KVC_WORKER_CACHE_CASCADING_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/cascade.h"
+#include "worker/cache/layer_kv.h"
+#include "worker/cache/policy.h"
+#include "worker/model/checkpoint.h"
+
+namespace kvc::cache {
+
+struct CascadingOptions {
+  int32_t num_sinks = 4;
+  int32_t num_subcaches = 4;
+  int32_t window = 256;  // W: slots over all sub-caches (a multiple of num_subcaches)
+  float beta = 0.999f;
+  bool original_positions = false;
+  kernels::DType kv_dtype = kernels::DType::kF32;
+  absl::Status Validate() const;
+};
+
+// Tokens that left one layer's cache in the last Attend call, per KV head:
+// what a LESS state folds.
+struct Evictions {
+  int32_t layer = -1;
+  std::vector<int32_t> count;      // [Hkv]
+  std::vector<uint8_t> k, v;       // [Hkv][chunk][D] of kv_dtype
+  std::vector<int32_t> positions;  // [Hkv][chunk]
+  int64_t stride = 0;              // chunk: entries reserved per head
+};
+
+class Cascading : public CachePolicy {
+ public:
+  // Validate() the options first; a bad option is reported by Create.
+  static absl::StatusOr<std::unique_ptr<Cascading>> Create(const model::ModelConfig& config,
+                                                           const CascadingOptions& options);
+
+  absl::Status Attend(const kernels::ExecContext& ctx, const model::AttendArgs& args) override;
+  std::string name() const override;
+  PolicyStats stats() const override;
+  // The tokens the last Attend call on `layer` pushed out of its cache.
+  const Evictions& last_evictions() const { return evictions_; }
+  const kernels::CascadeState& state(int32_t layer) const { return layers_[layer].state; }
+
+ private:
+  struct Layer {
+    std::vector<uint8_t> k, v;
+    std::vector<float> scores;
+    std::vector<int32_t> positions, ring_start, ring_count;
+    kernels::CascadeState state;
+  };
+  Cascading(const model::ModelConfig& config, const CascadingOptions& options);
+  bool scored() const { return options_.num_subcaches > 1; }
+
+  model::ModelConfig config_;
+  CascadingOptions options_;
+  kernels::CascadeConfig cascade_;
+  std::vector<Layer> layers_;
+  // Per-call scratch.
+  LayerKv chunk_;
+  std::vector<int32_t> gather_ptr_, gather_idx_, gather_pos_, chunk_ptr_, chunk_idx_, chunk_pos_, orig_pos_;
+  std::vector<float> chunk_scores_, parts_out_, parts_lse_, lse_;
+  Evictions evictions_;
+  PolicyStats stats_;
+};
+
+}  // namespace kvc::cache
+
+#endif  // KVC_WORKER_CACHE_CASCADING_H_

@@ -1,0 +1,36 @@
+// Full attention: every token's KV stays resident and every query attends
+// every earlier token at its original position. The baseline every other
+// policy is measured against.
+#ifndef KVC_WORKER_CACHE_FULL_ATTENTION_H_
+#define KVC_WORKER_CACHE_FULL_ATTENTION_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "worker/cache/layer_kv.h"
+#include "worker/cache/policy.h"
+#include "worker/model/checkpoint.h"
+
+namespace kvc::cache {
+
+class FullAttention : public CachePolicy {
+ public:
+  FullAttention(const model::ModelConfig& config, kernels::DType kv_dtype);
+
+  absl::Status Attend(const kernels::ExecContext& ctx, const model::AttendArgs& args) override;
+  std::string name() const override { return "full"; }
+  PolicyStats stats() const override;
+
+ private:
+  model::ModelConfig config_;
+  std::vector<LayerKv> layers_;
+  std::vector<int64_t> length_;     // tokens stored, per layer
+  std::vector<int32_t> slots_;      // 0, 1, 2, ... (the gather list)
+  std::vector<int32_t> positions_;  // original position of each slot
+  PolicyStats stats_;
+};
+
+}  // namespace kvc::cache
+
+#endif  // KVC_WORKER_CACHE_FULL_ATTENTION_H_

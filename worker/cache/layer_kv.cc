@@ -1,0 +1,76 @@
+#include "worker/cache/layer_kv.h"
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/dtype.h"
+
+namespace kvc::cache {
+
+LayerKv::LayerKv(int32_t num_kv_heads, int32_t head_dim, kernels::DType dtype)
+    : num_kv_heads_(num_kv_heads),
+      head_dim_(head_dim),
+      dtype_(dtype),
+      row_elems_(static_cast<size_t>(num_kv_heads) * head_dim) {}
+
+absl::Status LayerKv::Reserve(int64_t slots) {
+  if (slots <= capacity_) return absl::OkStatus();
+  const int64_t grown = std::max<int64_t>(slots, capacity_ + capacity_ / 2);
+  const size_t bytes = static_cast<size_t>(grown) * row_elems_ * kernels::DTypeSize(dtype_);
+  try {
+    k_.resize(bytes);
+    v_.resize(bytes);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat("KV of ", grown, " slots (", 2 * bytes, " bytes) cannot be allocated"));
+  }
+  capacity_ = grown;
+  return absl::OkStatus();
+}
+
+void LayerKv::Store(const float* src, uint8_t* dst) const {
+  switch (dtype_) {
+    case kernels::DType::kF32:
+      std::memcpy(dst, src, row_elems_ * sizeof(float));
+      break;
+    case kernels::DType::kBF16: {
+      auto* d = reinterpret_cast<uint16_t*>(dst);
+      for (size_t i = 0; i < row_elems_; ++i) d[i] = kernels::FloatToBF16(src[i]);
+      break;
+    }
+    case kernels::DType::kF16: {
+      auto* d = reinterpret_cast<uint16_t*>(dst);
+      for (size_t i = 0; i < row_elems_; ++i) d[i] = kernels::FloatToF16(src[i]);
+      break;
+    }
+  }
+}
+
+void LayerKv::Write(const int32_t* slots, int64_t n, const float* k, const float* v) {
+  const size_t row_bytes = row_elems_ * kernels::DTypeSize(dtype_);
+  for (int64_t i = 0; i < n; ++i) {
+    Store(k + i * row_elems_, k_.data() + slots[i] * row_bytes);
+    Store(v + i * row_elems_, v_.data() + slots[i] * row_bytes);
+  }
+}
+
+void LayerKv::WriteRange(int64_t first, int64_t n, const float* k, const float* v) {
+  const size_t row_bytes = row_elems_ * kernels::DTypeSize(dtype_);
+  for (int64_t i = 0; i < n; ++i) {
+    Store(k + i * row_elems_, k_.data() + (first + i) * row_bytes);
+    Store(v + i * row_elems_, v_.data() + (first + i) * row_bytes);
+  }
+}
+
+void LayerKv::Move(int64_t from, int64_t to) {
+  const size_t row_bytes = row_elems_ * kernels::DTypeSize(dtype_);
+  std::memmove(k_.data() + to * row_bytes, k_.data() + from * row_bytes, row_bytes);
+  std::memmove(v_.data() + to * row_bytes, v_.data() + from * row_bytes, row_bytes);
+}
+
+kernels::KvPool LayerKv::Pool(int64_t slots) const {
+  return kernels::KvPool::Contiguous(k_.data(), v_.data(), dtype_, slots, num_kv_heads_, head_dim_);
+}
+
+}  // namespace kvc::cache

@@ -1,0 +1,52 @@
+// The resident KV of one layer of one sequence: a pool of slots, each the
+// pre-RoPE key and the value of one token for every KV head, stored as
+// kernels::KvPool expects ([slots][Hkv][D], page size 1). Policies decide
+// which token sits in which slot; this class only stores and grows.
+#ifndef KVC_WORKER_CACHE_LAYER_KV_H_
+#define KVC_WORKER_CACHE_LAYER_KV_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "kernels/types.h"
+
+namespace kvc::cache {
+
+class LayerKv {
+ public:
+  LayerKv(int32_t num_kv_heads, int32_t head_dim, kernels::DType dtype);
+
+  // Makes room for `slots` slots (keeps the contents; grows geometrically).
+  // ResourceExhausted when the memory cannot be had.
+  absl::Status Reserve(int64_t slots);
+  // Writes token rows k[i], v[i] ([Hkv][D] fp32 each) into slots[i].
+  // REQUIRES: every slot < capacity().
+  void Write(const int32_t* slots, int64_t n, const float* k, const float* v);
+  // Writes n consecutive slots from `first`.
+  void WriteRange(int64_t first, int64_t n, const float* k, const float* v);
+  // Copies slot `from` to slot `to` (keys and values).
+  void Move(int64_t from, int64_t to);
+
+  // The pool over every allocated slot, or over the first `slots` only (so
+  // that per-slot arrays indexed [h * num_slots + slot] may be that short).
+  kernels::KvPool Pool() const { return Pool(capacity_); }
+  kernels::KvPool Pool(int64_t slots) const;
+  int64_t capacity() const { return capacity_; }
+  size_t slot_bytes() const { return row_elems_ * 2 * kernels::DTypeSize(dtype_); }
+  kernels::DType dtype() const { return dtype_; }
+
+ private:
+  void Store(const float* src, uint8_t* dst) const;
+
+  int32_t num_kv_heads_, head_dim_;
+  kernels::DType dtype_;
+  size_t row_elems_;  // Hkv * D
+  int64_t capacity_ = 0;
+  std::vector<uint8_t> k_, v_;
+};
+
+}  // namespace kvc::cache
+
+#endif  // KVC_WORKER_CACHE_LAYER_KV_H_

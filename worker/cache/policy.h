@@ -1,0 +1,35 @@
+// The cache-policy interface of the worker: one object per sequence that
+// holds the sequence's resident KV for every layer and decides, per layer
+// and chunk, what is kept and what each query attends (ALGORITHMS.md).
+#ifndef KVC_WORKER_CACHE_POLICY_H_
+#define KVC_WORKER_CACHE_POLICY_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "worker/model/transformer.h"
+
+namespace kvc::cache {
+
+// What a policy holds and what its attention cost, over all layers.
+struct PolicyStats {
+  int64_t tokens_seen = 0;         // tokens of the sequence so far
+  int64_t resident_tokens = 0;     // tokens with KV in the hot set (per layer, the largest)
+  size_t resident_bytes = 0;       // bytes of KV (and any policy state) held, all layers
+  // (query token, key token) pairs attended, summed over layers: in the
+  // last chunk or decode step (the Attend calls since the last layer-0
+  // call), and since the start.
+  int64_t attended_last_step = 0;
+  int64_t attended_total = 0;
+};
+
+class CachePolicy : public model::AttentionCache {
+ public:
+  virtual std::string name() const = 0;
+  virtual PolicyStats stats() const = 0;
+};
+
+}  // namespace kvc::cache
+
+#endif  // KVC_WORKER_CACHE_POLICY_H_

@@ -1,0 +1,131 @@
+#include "worker/cache/policy_factory.h"
+
+#include <map>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/status_macros.h"
+#include "worker/cache/cascading.h"
+#include "worker/cache/full_attention.h"
+
+namespace kvc::cache {
+namespace {
+
+// key=value pairs of a spec; each get marks its key used, and Finish()
+// reports the first key nobody asked for.
+class Params {
+ public:
+  static absl::StatusOr<Params> Parse(const std::string& spec, const std::string& args) {
+    Params p;
+    p.spec_ = spec;
+    if (args.empty()) return p;
+    for (absl::string_view kv : absl::StrSplit(args, ',')) {
+      const std::vector<std::string> parts = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+      if (parts.size() != 2 || parts[0].empty()) {
+        return absl::InvalidArgumentError(absl::StrCat("policy \"", spec, "\": \"", std::string(kv),
+                                                       "\" is not key=value"));
+      }
+      if (!p.values_.emplace(parts[0], parts[1]).second) {
+        return absl::InvalidArgumentError(absl::StrCat("policy \"", spec, "\": ", parts[0], " given twice"));
+      }
+    }
+    return p;
+  }
+
+  absl::Status Int(const std::string& key, int32_t* out) {
+    auto it = Take(key);
+    if (it == values_.end()) return absl::OkStatus();
+    if (!absl::SimpleAtoi(it->second, out)) return Bad(key, it->second, "an integer");
+    return absl::OkStatus();
+  }
+  absl::Status Float(const std::string& key, float* out) {
+    auto it = Take(key);
+    if (it == values_.end()) return absl::OkStatus();
+    if (!absl::SimpleAtof(it->second, out)) return Bad(key, it->second, "a number");
+    return absl::OkStatus();
+  }
+  absl::Status Choice(const std::string& key, const std::vector<std::string>& choices, std::string* out) {
+    auto it = Take(key);
+    if (it == values_.end()) return absl::OkStatus();
+    for (const std::string& c : choices) {
+      if (c == it->second) {
+        *out = c;
+        return absl::OkStatus();
+      }
+    }
+    return Bad(key, it->second, absl::StrCat("one of ", absl::StrJoin(choices, "|")));
+  }
+  absl::Status KvDtype(kernels::DType* out) {
+    std::string v = "f32";
+    KVC_RETURN_IF_ERROR(Choice("kv", {"f32", "bf16", "f16"}, &v));
+    *out = v == "bf16" ? kernels::DType::kBF16 : v == "f16" ? kernels::DType::kF16 : kernels::DType::kF32;
+    return absl::OkStatus();
+  }
+  absl::Status Finish() const {
+    for (const auto& [key, value] : values_) {
+      if (!used_.count(key)) {
+        return absl::InvalidArgumentError(absl::StrCat("policy \"", spec_, "\": unknown key \"", key, "\""));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  std::map<std::string, std::string>::const_iterator Take(const std::string& key) {
+    used_[key] = true;
+    return values_.find(key);
+  }
+  absl::Status Bad(const std::string& key, const std::string& value, const std::string& want) const {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy \"", spec_, "\": ", key, "=", value, " is not ", want));
+  }
+
+  std::string spec_;
+  std::map<std::string, std::string> values_;
+  std::map<std::string, bool> used_;
+};
+
+}  // namespace
+
+std::vector<std::string> PolicyNames() { return {"full", "streaming", "cascading"}; }
+
+absl::StatusOr<std::unique_ptr<CachePolicy>> MakePolicy(const model::ModelConfig& config, const std::string& spec) {
+  const size_t colon = spec.find(':');
+  const std::string name = spec.substr(0, colon);
+  KVC_ASSIGN_OR_RETURN(Params p, Params::Parse(spec, colon == std::string::npos ? "" : spec.substr(colon + 1)));
+  kernels::DType kv = kernels::DType::kF32;
+  KVC_RETURN_IF_ERROR(p.KvDtype(&kv));
+  if (name == "full") {
+    KVC_RETURN_IF_ERROR(p.Finish());
+    return std::unique_ptr<CachePolicy>(new FullAttention(config, kv));
+  }
+  if (name == "streaming" || name == "cascading") {
+    CascadingOptions o;
+    o.kv_dtype = kv;
+    o.num_subcaches = name == "streaming" ? 1 : 4;
+    KVC_RETURN_IF_ERROR(p.Int("sinks", &o.num_sinks));
+    if (name == "cascading") {
+      KVC_RETURN_IF_ERROR(p.Int("subcaches", &o.num_subcaches));
+      KVC_RETURN_IF_ERROR(p.Float("beta", &o.beta));
+    }
+    int32_t budget = 0;
+    KVC_RETURN_IF_ERROR(p.Int("budget", &budget));
+    if (budget > 0) {
+      // The largest window that fits with the sinks in `budget` tokens.
+      o.window = (budget - o.num_sinks) / o.num_subcaches * o.num_subcaches;
+    }
+    KVC_RETURN_IF_ERROR(p.Int("window", &o.window));
+    std::string positions = "cache";
+    KVC_RETURN_IF_ERROR(p.Choice("positions", {"cache", "original"}, &positions));
+    o.original_positions = positions == "original";
+    KVC_RETURN_IF_ERROR(p.Finish());
+    KVC_ASSIGN_OR_RETURN(std::unique_ptr<Cascading> c, Cascading::Create(config, o));
+    return std::unique_ptr<CachePolicy>(std::move(c));
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown policy \"", name, "\" (known: ",
+                                                 absl::StrJoin(PolicyNames(), ", "), ")"));
+}
+
+}  // namespace kvc::cache

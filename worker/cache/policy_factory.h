@@ -1,0 +1,30 @@
+// Builds a cache policy from a one-line spec, as the worker's flags and the
+// evaluation tables name them:
+//   full
+//   streaming:sinks=4,window=252          (StreamingLLM; default sinks 4)
+//   cascading:sinks=4,subcaches=4,window=252,beta=0.999,positions=cache|original
+// Every policy also takes kv=f32|bf16|f16. budget=B (tokens of KV per
+// layer) sets the window of streaming and cascading to the largest multiple
+// of the sub-caches that fits beside the sinks; an explicit window wins. Unknown names, unknown keys and
+// bad values are InvalidArgument naming them.
+#ifndef KVC_WORKER_CACHE_POLICY_FACTORY_H_
+#define KVC_WORKER_CACHE_POLICY_FACTORY_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/cache/policy.h"
+#include "worker/model/checkpoint.h"
+
+namespace kvc::cache {
+
+absl::StatusOr<std::unique_ptr<CachePolicy>> MakePolicy(const model::ModelConfig& config, const std::string& spec);
+
+// The policy names MakePolicy knows, for --help texts.
+std::vector<std::string> PolicyNames();
+
+}  // namespace kvc::cache
+
+#endif  // KVC_WORKER_CACHE_POLICY_FACTORY_H_

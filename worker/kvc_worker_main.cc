@@ -1,0 +1,357 @@
+// kvc-worker: the model runtime with a chosen cache policy.
+//
+//   kvc-worker generate   --prompt="Once upon a time" --policy=cascading:budget=128
+//   kvc-worker perplexity --text=moby --tokens=8192 --policies="full;streaming;cascading" --budgets=64,128,256
+//   kvc-worker passkey    --filler=1024,4096 --trials=20 --policies="streaming;cascading" --budgets=128
+//   kvc-worker speed      --contexts=1024,8192,32768 --policies="full;cascading" --budgets=256
+//
+// Policies are separated by ';' (a spec has commas: see
+// worker/cache/policy_factory.h); each policy other than "full" runs once
+// per --budgets entry with budget=B appended.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/allocator.h"
+#include "common/progress.h"
+#include "common/status_macros.h"
+#include "kernels/thread_pool.h"
+#include "worker/cache/policy_factory.h"
+#include "worker/eval/passkey.h"
+#include "worker/eval/perplexity.h"
+#include "worker/model/checkpoint.h"
+#include "worker/model/sampler.h"
+#include "worker/model/tokenizer.h"
+#include "worker/model/transformer.h"
+
+ABSL_FLAG(std::string, model, "third_party/stories15M/model.bin", "llama2.c checkpoint");
+ABSL_FLAG(std::string, tokenizer, "third_party/stories15M/tokenizer.bin", "llama2.c tokenizer");
+ABSL_FLAG(std::string, weights, "f32", "Weight type in the runtime: f32 or bf16");
+ABSL_FLAG(int, threads, 0, "CPU threads (0 = all cores, or $KVC_KERNEL_THREADS)");
+ABSL_FLAG(std::string, policy, "full", "generate: the cache policy spec");
+ABSL_FLAG(std::string, policies, "full;streaming;cascading", "Policy specs separated by ';'");
+ABSL_FLAG(std::string, budgets, "64,128,256", "KV budgets (tokens per layer) for every policy but full");
+ABSL_FLAG(std::string, prompt, "Once upon a time", "generate: the prompt");
+ABSL_FLAG(int, steps, 256, "generate: tokens to generate");
+ABSL_FLAG(double, temperature, 0.0, "generate: 0 = greedy");
+ABSL_FLAG(double, top_p, 0.9, "generate: nucleus sampling mass");
+ABSL_FLAG(uint64_t, seed, 1, "Sampling / trial seed");
+ABSL_FLAG(std::string, text, "moby",
+          "perplexity: 'moby' (third_party/moby_dick/moby_dick.txt), 'generated' (stories the model writes), "
+          "or a file path");
+ABSL_FLAG(std::string, moby, "third_party/moby_dick/moby_dick.txt", "The Moby Dick text");
+ABSL_FLAG(int64_t, tokens, 8192, "perplexity: tokens of text to read");
+ABSL_FLAG(int, stride, 16, "Tokens per forward pass while reading a long input");
+ABSL_FLAG(int64_t, segment, 1024, "perplexity: tokens per reported segment");
+ABSL_FLAG(std::string, filler, "1024,4096", "passkey: filler lengths in tokens");
+ABSL_FLAG(int, trials, 20, "passkey: trials (seeds) per length and policy");
+ABSL_FLAG(std::string, contexts, "1024,8192,32768", "speed: context lengths");
+ABSL_FLAG(int, decode_steps, 32, "speed: decode steps timed at each context");
+
+namespace {
+
+using kvc::cache::CachePolicy;
+using kvc::model::Checkpoint;
+using kvc::model::Tokenizer;
+using kvc::model::Transformer;
+
+constexpr char kUsage[] = R"(kvc-worker: run the model with a KV cache policy.
+
+  kvc-worker generate   [--prompt=TEXT --steps=N --temperature=T --top_p=P --policy=SPEC]
+  kvc-worker perplexity [--text=moby|generated|FILE --tokens=N --policies=A;B --budgets=64,128 --stride=16]
+  kvc-worker passkey    [--filler=1024,4096 --trials=20 --policies=A;B --budgets=...]
+  kvc-worker speed      [--contexts=1024,8192,32768 --policies=A;B --budgets=...]
+
+Policy specs: full | streaming[:sinks=4,window=W] | cascading[:sinks=4,subcaches=4,window=W,beta=0.999]
+(see worker/cache/policy_factory.h); budget=B sizes the window. The model and tokenizer default to the
+stories15M files scripts/setup.sh fetches (run from the repository root).)";
+
+struct Runtime {
+  std::unique_ptr<Checkpoint> checkpoint;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<kvc::kernels::ThreadPool> pool;
+  std::unique_ptr<Transformer> model;
+};
+
+absl::StatusOr<Runtime> LoadRuntime() {
+  Runtime r;
+  KVC_ASSIGN_OR_RETURN(r.checkpoint, Checkpoint::Load(absl::GetFlag(FLAGS_model)));
+  KVC_ASSIGN_OR_RETURN(Tokenizer tok,
+                       Tokenizer::Load(absl::GetFlag(FLAGS_tokenizer), r.checkpoint->config().vocab_size));
+  r.tokenizer = std::make_unique<Tokenizer>(std::move(tok));
+  kvc::model::TransformerOptions o;
+  if (absl::GetFlag(FLAGS_threads) > 0) {
+    r.pool = std::make_unique<kvc::kernels::ThreadPool>(absl::GetFlag(FLAGS_threads));
+    o.ctx.pool = r.pool.get();
+  }
+  const std::string w = absl::GetFlag(FLAGS_weights);
+  if (w != "f32" && w != "bf16") return absl::InvalidArgumentError("--weights must be f32 or bf16, got " + w);
+  o.weights = w == "bf16" ? kvc::kernels::DType::kBF16 : kvc::kernels::DType::kF32;
+  o.max_chunk = 256;
+  KVC_ASSIGN_OR_RETURN(r.model, Transformer::Create(r.checkpoint.get(), o));
+  return r;
+}
+
+// The policy specs of --policies x --budgets.
+absl::StatusOr<std::vector<std::string>> PolicySpecs() {
+  std::vector<int64_t> budgets;
+  for (absl::string_view b : absl::StrSplit(absl::GetFlag(FLAGS_budgets), ',', absl::SkipEmpty())) {
+    int64_t v;
+    if (!absl::SimpleAtoi(b, &v) || v < 1) return absl::InvalidArgumentError(absl::StrCat("--budgets: bad value ", b));
+    budgets.push_back(v);
+  }
+  std::vector<std::string> specs;
+  for (absl::string_view p : absl::StrSplit(absl::GetFlag(FLAGS_policies), ';', absl::SkipEmpty())) {
+    const std::string spec(p);
+    if (spec == "full" || spec.rfind("full:", 0) == 0 || budgets.empty() || spec.find("window=") != std::string::npos) {
+      specs.push_back(spec);
+      continue;
+    }
+    for (int64_t b : budgets) {
+      specs.push_back(absl::StrCat(spec, spec.find(':') == std::string::npos ? ":" : ",", "budget=", b));
+    }
+  }
+  if (specs.empty()) return absl::InvalidArgumentError("--policies is empty");
+  return specs;
+}
+
+absl::StatusOr<std::vector<int64_t>> IntList(const std::string& flag, const std::string& text) {
+  std::vector<int64_t> out;
+  for (absl::string_view s : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int64_t v;
+    if (!absl::SimpleAtoi(s, &v) || v < 1) return absl::InvalidArgumentError(absl::StrCat("--", flag, ": bad value ", s));
+    out.push_back(v);
+  }
+  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat("--", flag, " is empty"));
+  return out;
+}
+
+std::string Bytes(size_t b) {
+  if (b >= (1u << 20)) return absl::StrFormat("%.1f MiB", b / 1048576.0);
+  return absl::StrFormat("%.1f KiB", b / 1024.0);
+}
+
+// Stories the model writes itself (temperature 1, top-p 0.9), joined,
+// until `tokens` tokens.
+absl::StatusOr<std::vector<int32_t>> GeneratedText(Runtime& r, int64_t tokens) {
+  std::vector<int32_t> out;
+  kvc::model::SamplerOptions so;
+  so.temperature = 1.0f;
+  so.top_p = 0.9f;
+  so.seed = absl::GetFlag(FLAGS_seed);
+  kvc::model::Sampler sampler(so);
+  const int32_t vocab = r.model->config().vocab_size, window = r.model->config().seq_len;
+  std::vector<float> logits(vocab);
+  kvc::ProgressBar bar("generating stories", tokens, "tokens");
+  while (static_cast<int64_t>(out.size()) < tokens) {
+    KVC_ASSIGN_OR_RETURN(auto policy, kvc::cache::MakePolicy(r.model->config(), "full"));
+    int32_t token = 1;  // BOS
+    for (int32_t pos = 0; pos < window && static_cast<int64_t>(out.size()) < tokens; ++pos) {
+      KVC_RETURN_IF_ERROR(r.model->Forward(absl::MakeConstSpan(&token, 1), pos, *policy, logits.data()));
+      token = sampler.Sample(logits);
+      if (token == 1 || token == 2) break;  // the story ended
+      out.push_back(token);
+      bar.Add(1);
+    }
+  }
+  bar.Finish();
+  return out;
+}
+
+absl::StatusOr<std::vector<int32_t>> TextTokens(Runtime& r) {
+  const std::string text = absl::GetFlag(FLAGS_text);
+  const int64_t tokens = absl::GetFlag(FLAGS_tokens);
+  if (text == "generated") return GeneratedText(r, tokens);
+  const std::string path = text == "moby" ? absl::GetFlag(FLAGS_moby) : text;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read text ", path, " (scripts/setup.sh fetches moby)"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::vector<int32_t> ids = r.tokenizer->Encode(ss.str(), /*bos=*/true, /*eos=*/false);
+  if (static_cast<int64_t>(ids.size()) < tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " has ", ids.size(), " tokens, fewer than --tokens=", tokens));
+  }
+  ids.resize(tokens);
+  return ids;
+}
+
+absl::Status Generate() {
+  KVC_ASSIGN_OR_RETURN(Runtime r, LoadRuntime());
+  kvc::model::SamplerOptions so;
+  so.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
+  so.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
+  so.seed = absl::GetFlag(FLAGS_seed);
+  KVC_RETURN_IF_ERROR(so.Validate());
+  KVC_ASSIGN_OR_RETURN(auto policy, kvc::cache::MakePolicy(r.model->config(), absl::GetFlag(FLAGS_policy)));
+  const std::vector<int32_t> prompt = r.tokenizer->Encode(absl::GetFlag(FLAGS_prompt), true, false);
+  std::vector<float> logits(r.model->config().vocab_size);
+  KVC_RETURN_IF_ERROR(r.model->Forward(prompt, 0, *policy, logits.data()));
+  kvc::model::Sampler sampler(so);
+  std::string out = r.tokenizer->DecodeAll(prompt);
+  std::fputs(out.c_str(), stdout);
+  int32_t prev = prompt.back();
+  const auto t0 = std::chrono::steady_clock::now();
+  int steps = 0;
+  for (; steps < absl::GetFlag(FLAGS_steps); ++steps) {
+    const int32_t next = sampler.Sample(logits);
+    if (next == 1 || next == 2) break;
+    std::fputs(r.tokenizer->Decode(prev, next).c_str(), stdout);
+    std::fflush(stdout);
+    prev = next;
+    KVC_RETURN_IF_ERROR(r.model->Forward(absl::MakeConstSpan(&next, 1), prompt.size() + steps, *policy, logits.data()));
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::fprintf(stderr, "\n%d tokens in %.2f s: %.1f tokens/s (policy %s, resident KV %s)\n", steps, s,
+               steps / std::max(s, 1e-9), policy->name().c_str(), Bytes(policy->stats().resident_bytes).c_str());
+  std::printf("\n");
+  return absl::OkStatus();
+}
+
+absl::Status Perplexity() {
+  KVC_ASSIGN_OR_RETURN(Runtime r, LoadRuntime());
+  KVC_ASSIGN_OR_RETURN(std::vector<std::string> specs, PolicySpecs());
+  KVC_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, TextTokens(r));
+  std::printf("# perplexity: text=%s tokens=%zu stride=%d\n", absl::GetFlag(FLAGS_text).c_str(), tokens.size(),
+              absl::GetFlag(FLAGS_stride));
+  std::printf("%-44s %10s %12s %9s  %s\n", "policy", "ppl", "resident KV", "seconds", "ppl per segment");
+  for (const std::string& spec : specs) {
+    KVC_ASSIGN_OR_RETURN(auto policy, kvc::cache::MakePolicy(r.model->config(), spec));
+    kvc::ProgressBar bar(spec, tokens.size(), "tokens");
+    kvc::eval::PerplexityOptions o;
+    o.stride = absl::GetFlag(FLAGS_stride);
+    o.segment = absl::GetFlag(FLAGS_segment);
+    int64_t done = 0;
+    o.progress = [&](int64_t now) {
+      bar.Add(now - done);
+      done = now;
+    };
+    KVC_ASSIGN_OR_RETURN(kvc::eval::PerplexityResult res,
+                         kvc::eval::StreamingPerplexity(*r.model, *policy, tokens, o));
+    bar.Finish();
+    std::vector<std::string> segs;
+    for (const auto& s : res.segments) segs.push_back(absl::StrFormat("%.1f", s.perplexity));
+    std::printf("%-44s %10.2f %12s %9.1f  %s\n", spec.c_str(), res.perplexity, Bytes(res.stats.resident_bytes).c_str(),
+                res.seconds, absl::StrJoin(segs, " ").c_str());
+    std::fflush(stdout);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Passkey() {
+  KVC_ASSIGN_OR_RETURN(Runtime r, LoadRuntime());
+  KVC_ASSIGN_OR_RETURN(std::vector<std::string> specs, PolicySpecs());
+  KVC_ASSIGN_OR_RETURN(std::vector<int64_t> fillers, IntList("filler", absl::GetFlag(FLAGS_filler)));
+  const int trials = absl::GetFlag(FLAGS_trials);
+  if (trials < 1) return absl::InvalidArgumentError("--trials must be >= 1");
+  std::printf("# passkey: trials=%d stride=%d (name at ~token 10, question at the end)\n", trials,
+              absl::GetFlag(FLAGS_stride));
+  std::printf("%-44s %8s %10s %12s %9s\n", "policy", "filler", "accuracy", "resident KV", "seconds");
+  for (const std::string& spec : specs) {
+    for (int64_t filler : fillers) {
+      int correct = 0;
+      double seconds = 0;
+      size_t bytes = 0;
+      kvc::ProgressBar bar(absl::StrCat(spec, " @", filler), trials, "trials");
+      for (int t = 0; t < trials; ++t) {
+        KVC_ASSIGN_OR_RETURN(auto policy, kvc::cache::MakePolicy(r.model->config(), spec));
+        const kvc::eval::PasskeyTrial trial =
+            kvc::eval::MakePasskeyTrial(*r.tokenizer, filler, absl::GetFlag(FLAGS_seed) + t);
+        KVC_ASSIGN_OR_RETURN(kvc::eval::PasskeyResult res,
+                             kvc::eval::RunPasskey(*r.model, *r.tokenizer, *policy, trial, absl::GetFlag(FLAGS_stride)));
+        correct += res.correct;
+        seconds += res.seconds;
+        bytes = res.stats.resident_bytes;
+        bar.Add(1);
+      }
+      bar.Finish();
+      std::printf("%-44s %8lld %9.0f%% %12s %9.1f\n", spec.c_str(), static_cast<long long>(filler),
+                  100.0 * correct / trials, Bytes(bytes).c_str(), seconds);
+      std::fflush(stdout);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Speed() {
+  KVC_ASSIGN_OR_RETURN(Runtime r, LoadRuntime());
+  KVC_ASSIGN_OR_RETURN(std::vector<std::string> specs, PolicySpecs());
+  KVC_ASSIGN_OR_RETURN(std::vector<int64_t> contexts, IntList("contexts", absl::GetFlag(FLAGS_contexts)));
+  const int steps = absl::GetFlag(FLAGS_decode_steps);
+  const int32_t vocab = r.model->config().vocab_size;
+  std::printf("# speed: decode tokens/s after a context of N tokens (prefill stride %d), %d steps timed\n",
+              absl::GetFlag(FLAGS_stride), steps);
+  std::printf("%-44s %8s %12s %12s %12s\n", "policy", "context", "prefill s", "decode tok/s", "resident KV");
+  std::vector<float> logits(vocab);
+  for (const std::string& spec : specs) {
+    for (int64_t n : contexts) {
+      KVC_ASSIGN_OR_RETURN(auto policy, kvc::cache::MakePolicy(r.model->config(), spec));
+      std::vector<int32_t> tokens(n);
+      for (int64_t i = 0; i < n; ++i) tokens[i] = 3 + static_cast<int32_t>((i * 7919) % (vocab - 3));
+      kvc::ProgressBar bar(absl::StrCat(spec, " @", n), n, "tokens");
+      const auto t0 = std::chrono::steady_clock::now();
+      const int stride = absl::GetFlag(FLAGS_stride);
+      for (int64_t b = 0; b < n; b += stride) {
+        const int64_t len = std::min<int64_t>(stride, n - b);
+        KVC_RETURN_IF_ERROR(r.model->Forward(absl::MakeConstSpan(tokens).subspan(b, len), b, *policy, logits.data()));
+        bar.Add(len);
+      }
+      bar.Finish();
+      const auto t1 = std::chrono::steady_clock::now();
+      for (int s = 0; s < steps; ++s) {
+        const int32_t next = kvc::model::ArgMax(logits);
+        KVC_RETURN_IF_ERROR(r.model->Forward(absl::MakeConstSpan(&next, 1), n + s, *policy, logits.data()));
+      }
+      const auto t2 = std::chrono::steady_clock::now();
+      const double prefill = std::chrono::duration<double>(t1 - t0).count();
+      const double decode = std::chrono::duration<double>(t2 - t1).count();
+      std::printf("%-44s %8lld %12.2f %12.1f %12s\n", spec.c_str(), static_cast<long long>(n), prefill,
+                  steps / decode, Bytes(policy->stats().resident_bytes).c_str());
+      std::fflush(stdout);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  kvc::TuneAllocatorForLargeBuffers();
+  absl::SetProgramUsageMessage(kUsage);
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() != 2) {
+    std::fprintf(stderr, "%s\n\nkvc-worker: expected one command (see --help)\n", kUsage);
+    return 2;
+  }
+  const std::string cmd = args[1];
+  absl::Status s;
+  if (cmd == "generate") {
+    s = Generate();
+  } else if (cmd == "perplexity") {
+    s = Perplexity();
+  } else if (cmd == "passkey") {
+    s = Passkey();
+  } else if (cmd == "speed") {
+    s = Speed();
+  } else {
+    std::fprintf(stderr, "kvc-worker: unknown command \"%s\" (generate, perplexity, passkey, speed)\n", cmd.c_str());
+    return 2;
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "kvc-worker: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
