@@ -17,6 +17,7 @@
 #include "worker/cache/cascading.h"
 #include "worker/cache/full_attention.h"
 #include "worker/cache/policy_factory.h"
+#include "worker/cache/token_select.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/transformer.h"
 
@@ -81,12 +82,14 @@ TEST(CachePolicyTest, CoveringBudgetEqualsFullAttention) {
   const std::vector<float> want = f.Run(full, tokens, 40);
   // S + W >= 60: nothing is ever evicted, cache positions = original ones.
   for (const std::string spec : {"streaming:sinks=4,window=56", "cascading:sinks=4,subcaches=4,window=56",
-                                 "cascading:sinks=0,subcaches=2,window=64,positions=original"}) {
+                                 "cascading:sinks=0,subcaches=2,window=64,positions=original",
+                                 "tokenselect:init=4,k=40,local=16"}) {
     SCOPED_TRACE(spec);
     auto policy = Make(spec);
     ASSERT_NE(policy, nullptr);
     EXPECT_LE(RelErrorByNorm(f.Run(*policy, tokens, 40), want), 2e-6);
     EXPECT_EQ(policy->stats().resident_tokens, 60);
+    EXPECT_EQ(policy->stats().tokens_seen, 60);
     EXPECT_EQ(policy->stats().attended_total, full.stats().attended_total);
   }
 }
@@ -127,6 +130,35 @@ TEST(CachePolicyTest, SmallBudgetsDifferFromFullAttention) {
   EXPECT_LT(cascading->stats().resident_bytes, full.stats().resident_bytes / 4);
 }
 
+// Past the budget TokenSelect attends n_init + k + n_local + the chunk per
+// query; theta = 1 reselects every chunk, theta = -1 reuses the first
+// selection of each layer.
+TEST(CachePolicyTest, TokenSelectAttendsItsBudgetAndHonoursTheta) {
+  Fixture f;
+  const std::vector<int32_t> tokens = Tokens(90, 4);
+  for (const float theta : {1.0f, -1.0f}) {
+    TokenSelectOptions o;
+    o.n_init = 2;
+    o.k = 8;
+    o.n_local = 6;
+    o.theta = theta;
+    auto policy = *TokenSelectPolicy::Create(SmallConfig(), o);
+    f.Run(*policy, tokens, 40);  // 40-token prompt in chunks of 16, then 50 decode steps
+    EXPECT_EQ(policy->stats().attended_last_step, 2 * (16 + 1));
+    // Chunks with more than the budget (16 tokens) before them: the third
+    // prompt chunk (at 32), then 50 decode steps; per layer.
+    const int64_t chunks = 2 * (1 + 50);
+    if (theta == 1.0f) {
+      EXPECT_EQ(policy->selections(), chunks);
+      EXPECT_EQ(policy->cache_hits(), 0);
+    } else {
+      EXPECT_EQ(policy->selections(), 2);
+      EXPECT_EQ(policy->cache_hits(), chunks - 2);
+    }
+    EXPECT_EQ(policy->stats().resident_tokens, 90);
+  }
+}
+
 TEST(CachePolicyTest, FactoryErrorsNameTheProblem) {
   const model::ModelConfig c = SmallConfig();
   const std::vector<std::pair<std::string, std::string>> cases = {
@@ -138,6 +170,8 @@ TEST(CachePolicyTest, FactoryErrorsNameTheProblem) {
       {"full:kv=f64", "kv=f64 is not one of f32|bf16|f16"},
       {"streaming:window", "is not key=value"},
       {"streaming:sinks=1,sinks=2", "sinks given twice"},
+      {"tokenselect:pool=2", "pool kernel 2"},
+      {"tokenselect:k=0", "k 0 >= 1"},
   };
   for (const auto& [spec, want] : cases) {
     auto p = MakePolicy(c, spec);

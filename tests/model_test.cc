@@ -138,7 +138,8 @@ TEST(ModelTest, CoveringBudgetsEqualFullAttentionOnTheRealModel) {
   Stories s = Load();
   ASSERT_NE(s.model, nullptr);
   const std::string want = Greedy(s, "Once upon a time", 60);
-  for (const std::string spec : {"streaming:sinks=4,window=252", "cascading:sinks=4,subcaches=4,window=252"}) {
+  for (const std::string spec : {"streaming:sinks=4,window=252", "cascading:sinks=4,subcaches=4,window=252",
+                                 "tokenselect:init=4,k=200,local=64"}) {
     EXPECT_EQ(Greedy(s, "Once upon a time", 60, spec), want) << spec;
   }
 }

@@ -1,5 +1,6 @@
 #include "worker/cache/policy_factory.h"
 
+#include <algorithm>
 #include <map>
 
 #include "absl/strings/numbers.h"
@@ -9,6 +10,7 @@
 #include "common/status_macros.h"
 #include "worker/cache/cascading.h"
 #include "worker/cache/full_attention.h"
+#include "worker/cache/token_select.h"
 
 namespace kvc::cache {
 namespace {
@@ -89,7 +91,7 @@ class Params {
 
 }  // namespace
 
-std::vector<std::string> PolicyNames() { return {"full", "streaming", "cascading"}; }
+std::vector<std::string> PolicyNames() { return {"full", "streaming", "cascading", "tokenselect"}; }
 
 absl::StatusOr<std::unique_ptr<CachePolicy>> MakePolicy(const model::ModelConfig& config, const std::string& spec) {
   const size_t colon = spec.find(':');
@@ -123,6 +125,25 @@ absl::StatusOr<std::unique_ptr<CachePolicy>> MakePolicy(const model::ModelConfig
     KVC_RETURN_IF_ERROR(p.Finish());
     KVC_ASSIGN_OR_RETURN(std::unique_ptr<Cascading> c, Cascading::Create(config, o));
     return std::unique_ptr<CachePolicy>(std::move(c));
+  }
+  if (name == "tokenselect") {
+    TokenSelectOptions o;
+    o.kv_dtype = kv;
+    int32_t budget = 0;
+    KVC_RETURN_IF_ERROR(p.Int("budget", &budget));
+    if (budget > 0) {
+      // A quarter of the budget local, 4 initial tokens, the rest selected.
+      o.n_local = budget / 4;
+      o.k = std::max(1, budget - o.n_init - o.n_local);
+    }
+    KVC_RETURN_IF_ERROR(p.Int("init", &o.n_init));
+    KVC_RETURN_IF_ERROR(p.Int("local", &o.n_local));
+    KVC_RETURN_IF_ERROR(p.Int("k", &o.k));
+    KVC_RETURN_IF_ERROR(p.Int("pool", &o.pool_kernel));
+    KVC_RETURN_IF_ERROR(p.Float("theta", &o.theta));
+    KVC_RETURN_IF_ERROR(p.Finish());
+    KVC_ASSIGN_OR_RETURN(std::unique_ptr<TokenSelectPolicy> t, TokenSelectPolicy::Create(config, o));
+    return std::unique_ptr<CachePolicy>(std::move(t));
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown policy \"", name, "\" (known: ",
                                                  absl::StrJoin(PolicyNames(), ", "), ")"));

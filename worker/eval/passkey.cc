@@ -39,7 +39,7 @@ PasskeyTrial MakePasskeyTrial(const model::Tokenizer& tokenizer, int64_t filler_
   std::mt19937_64 rng(seed);
   PasskeyTrial t;
   t.name = PasskeyNames()[rng() % PasskeyNames().size()];
-  const std::string intro = "Once upon a time, there was a girl named";
+  const std::string intro = "Once upon a time, there was a little girl named";
   t.name_position = static_cast<int64_t>(tokenizer.Encode(intro, /*bos=*/true, /*eos=*/false).size());
   std::string filler;
   int64_t count = 0;
@@ -48,12 +48,15 @@ PasskeyTrial MakePasskeyTrial(const model::Tokenizer& tokenizer, int64_t filler_
     absl::StrAppend(&filler, " ", s);
     count += static_cast<int64_t>(tokenizer.Encode(s, false, false).size());
   }
-  const std::string question = " The girl's name was";
+  // The model names its protagonist at the start of the next scene; it
+  // writes the name it was given when it can still see it, and a name of
+  // its own (most often "Lily") when it cannot.
+  const std::string question = " One day, her mom said, \"Let's go to the park!\" At the park,";
   // Encode the whole text once so merges across the joins are as the
   // tokenizer makes them.
-  t.prompt = tokenizer.Encode(absl::StrCat(intro, " ", t.name, ".", filler, question), true, false);
+  t.prompt = tokenizer.Encode(absl::StrCat(intro, " ", t.name, ". She liked to play in the park.", filler, question), true, false);
   const std::vector<int32_t> with_answer =
-      tokenizer.Encode(absl::StrCat(intro, " ", t.name, ".", filler, question, " ", t.name), true, false);
+      tokenizer.Encode(absl::StrCat(intro, " ", t.name, ". She liked to play in the park.", filler, question, " ", t.name), true, false);
   t.answer.assign(with_answer.begin() + t.prompt.size(), with_answer.end());
   return t;
 }

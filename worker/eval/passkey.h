@@ -1,7 +1,8 @@
 // Passkey retrieval for a story model: a name is introduced near the start
-// ("There was a girl named Lily."), a long filler follows, and a question at
-// the end asks for the name ("... The girl's name was"). The model must
-// produce the name's tokens greedily. stories15M retrieves names well within
+// ("Once upon a time, there was a little girl named Zoe."), a long filler of
+// plain sentences follows, and the prompt ends where the story names its
+// protagonist again ("... At the park,"). The model must produce the name's
+// tokens greedily. stories15M retrieves names well within
 // its trained 256 positions; the test is whether a cache policy keeps the
 // name reachable at 1K-16K tokens of filler.
 #ifndef KVC_WORKER_EVAL_PASSKEY_H_

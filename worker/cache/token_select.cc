@@ -1,0 +1,131 @@
+#include "worker/cache/token_select.h"
+
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "worker/cache/attend.h"
+
+namespace kvc::cache {
+
+namespace k = ::kvc::kernels;
+
+absl::Status TokenSelectOptions::Validate() const {
+  if (n_init < 0 || n_local < 0 || k < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tokenselect: n_init ", n_init, " and n_local ", n_local, " must be >= 0, k ", k, " >= 1"));
+  }
+  if (pool_kernel < 0 || (pool_kernel > 1 && pool_kernel % 2 == 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("tokenselect: pool kernel ", pool_kernel, " must be 0, 1 or odd"));
+  }
+  if (!(theta >= -1.0f && theta <= 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat("tokenselect: theta ", theta, " not in [-1, 1]"));
+  }
+  return absl::OkStatus();
+}
+
+TokenSelectPolicy::TokenSelectPolicy(const model::ModelConfig& config, const TokenSelectOptions& options)
+    : config_(config), options_(options), length_(config.n_layers, 0) {
+  for (int32_t l = 0; l < config.n_layers; ++l) {
+    layers_.emplace_back(config.n_kv_heads, config.head_dim(), options.kv_dtype);
+    selection_cache_.emplace_back(options.theta);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<TokenSelectPolicy>> TokenSelectPolicy::Create(const model::ModelConfig& config,
+                                                                             const TokenSelectOptions& options) {
+  KVC_RETURN_IF_ERROR(options.Validate());
+  return std::unique_ptr<TokenSelectPolicy>(new TokenSelectPolicy(config, options));
+}
+
+std::string TokenSelectPolicy::name() const {
+  return absl::StrCat("tokenselect(init=", options_.n_init, ",k=", options_.k, ",local=", options_.n_local, ")");
+}
+
+absl::Status TokenSelectPolicy::Attend(const k::ExecContext& ctx, const model::AttendArgs& a) {
+  KVC_RETURN_IF_ERROR(CheckAttendArgs(config_, a));
+  int64_t& past = length_[a.layer];
+  if (a.first_position != past) {
+    return absl::InvalidArgumentError(absl::StrCat("tokenselect: chunk at position ", a.first_position,
+                                                   " does not follow the ", past, " tokens held"));
+  }
+  const int64_t n = a.num_tokens;
+  LayerKv& kv = layers_[a.layer];
+  KVC_RETURN_IF_ERROR(kv.Reserve(past + n));
+  kv.WriteRange(past, n, a.k, a.v);
+  const k::KvPool pool = kv.Pool(past + n);
+
+  slots_.clear();
+  positions_.clear();
+  const int64_t budget = options_.budget();
+  if (past <= budget) {
+    // Everything is attended, at original positions.
+    slots_.resize(past + n);
+    std::iota(slots_.begin(), slots_.end(), 0);
+    positions_ = slots_;
+    selection_cache_[a.layer].Clear();
+  } else {
+    // Candidates [n_init, past - n_local): pick k by the soft vote.
+    const int32_t hq = config_.n_heads, d = config_.head_dim();
+    qbar_.resize(static_cast<size_t>(hq) * d);
+    k::FingerprintArgs f;
+    f.q = a.q;
+    f.num_q = n;
+    f.num_q_heads = hq;
+    f.head_dim = d;
+    f.rope = ModelRope(config_);
+    f.base_position = options_.n_local;
+    f.qbar = qbar_.data();
+    KVC_RETURN_IF_ERROR(k::QueryFingerprint(ctx, f));
+    k::SelectionCache& cache = selection_cache_[a.layer];
+    if (cache.ShouldReuse(qbar_)) {
+      ++hits_;
+    } else {
+      const int64_t begin = options_.n_init, end = past - options_.n_local;
+      selected_.resize(options_.k);
+      k::TokenSelectArgs s;
+      s.qbar = qbar_.data();
+      s.num_q_heads = hq;
+      s.pool = pool;
+      s.num_candidates = end;  // candidates are slots [0, end); eligible [begin, end)
+      s.select_begin = begin;
+      s.select_end = end;
+      s.pool_kernel = options_.pool_kernel;
+      s.k = options_.k;
+      s.selected = selected_.data();
+      KVC_RETURN_IF_ERROR(k::TokenSelect(ctx, s));
+      cache.Store(qbar_, selected_);
+      ++selections_;
+    }
+    for (int32_t i = 0; i < options_.n_init; ++i) slots_.push_back(i);
+    slots_.insert(slots_.end(), cache.selection().begin(), cache.selection().end());
+    for (int64_t i = past - options_.n_local; i < past + n; ++i) slots_.push_back(static_cast<int32_t>(i));
+    positions_.resize(slots_.size());
+    std::iota(positions_.begin(), positions_.end(), 0);
+  }
+  const int64_t count = static_cast<int64_t>(slots_.size());
+  query_positions_.resize(n);
+  for (int64_t i = 0; i < n; ++i) query_positions_[i] = positions_[count - n + i];
+  KVC_RETURN_IF_ERROR(
+      AttendCausal(ctx, config_, a, pool, slots_.data(), positions_.data(), count, query_positions_.data()));
+  past += n;
+
+  if (a.layer == 0) stats_.attended_last_step = 0;
+  const int64_t pairs = n * (count - n) + n * (n + 1) / 2;
+  stats_.attended_last_step += pairs;
+  stats_.attended_total += pairs;
+  return absl::OkStatus();
+}
+
+PolicyStats TokenSelectPolicy::stats() const {
+  PolicyStats s = stats_;
+  s.tokens_seen = length_.empty() ? 0 : length_.back();
+  // The whole pool is held (the candidates); the hot set attended per step
+  // is n_init + k + n_local + the chunk.
+  s.resident_tokens = s.tokens_seen;
+  s.resident_bytes = 0;
+  for (int32_t l = 0; l < config_.n_layers; ++l) s.resident_bytes += length_[l] * layers_[l].slot_bytes();
+  return s;
+}
+
+}  // namespace kvc::cache

@@ -1,0 +1,65 @@
+// TokenSelect (ALGORITHMS.md §2) as a policy: every token's KV stays in the
+// pool (here in host memory; with the cache service, the pool is what the
+// service holds), and each chunk of queries, per layer, attends the first
+// n_init tokens, the k past tokens with the highest per-head soft-vote
+// score, the last n_local tokens and the chunk itself, at compact positions
+// (the j-th attended key at position j). While the past is no larger than
+// n_init + k + n_local, everything is attended (at original positions).
+// A selection cache per layer reuses the previous selection while the
+// chunk's query fingerprint stays within cosine theta of the one it was
+// chosen for.
+#ifndef KVC_WORKER_CACHE_TOKEN_SELECT_H_
+#define KVC_WORKER_CACHE_TOKEN_SELECT_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/token_select.h"
+#include "worker/cache/layer_kv.h"
+#include "worker/cache/policy.h"
+#include "worker/model/checkpoint.h"
+
+namespace kvc::cache {
+
+struct TokenSelectOptions {
+  int32_t n_init = 4;
+  int32_t n_local = 32;
+  int32_t k = 92;
+  int32_t pool_kernel = 0;  // 1-D max pooling of the scores (0 = off, else odd)
+  float theta = 0.9f;       // selection-cache threshold (>= 1: reselect every chunk)
+  kernels::DType kv_dtype = kernels::DType::kF32;
+  absl::Status Validate() const;
+  int64_t budget() const { return static_cast<int64_t>(n_init) + k + n_local; }
+};
+
+class TokenSelectPolicy : public CachePolicy {
+ public:
+  static absl::StatusOr<std::unique_ptr<TokenSelectPolicy>> Create(const model::ModelConfig& config,
+                                                                   const TokenSelectOptions& options);
+
+  absl::Status Attend(const kernels::ExecContext& ctx, const model::AttendArgs& args) override;
+  std::string name() const override;
+  PolicyStats stats() const override;
+  // Chunks that reused the previous selection / chose a new one, all layers.
+  int64_t cache_hits() const { return hits_; }
+  int64_t selections() const { return selections_; }
+
+ private:
+  TokenSelectPolicy(const model::ModelConfig& config, const TokenSelectOptions& options);
+
+  model::ModelConfig config_;
+  TokenSelectOptions options_;
+  std::vector<LayerKv> layers_;
+  std::vector<int64_t> length_;  // tokens in the pool, per layer
+  std::vector<kernels::SelectionCache> selection_cache_;
+  // Scratch.
+  std::vector<float> qbar_;
+  std::vector<int32_t> selected_, slots_, positions_, query_positions_;
+  int64_t hits_ = 0, selections_ = 0;
+  PolicyStats stats_;
+};
+
+}  // namespace kvc::cache
+
+#endif  // KVC_WORKER_CACHE_TOKEN_SELECT_H_
