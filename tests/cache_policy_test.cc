@@ -1,7 +1,8 @@
 // The cache policies inside the real runtime (a random model; the same
 // invariants on stories15M are in model_test.cc): a budget that covers the
 // context equals full attention; StreamingLLM keeps the sinks and the last
-// W tokens; the factory names what is wrong with a spec.
+// W tokens; the factory names what is wrong with a spec. H2O and SnapKV
+// against brute force: cache_policy_h2o_snapkv_test.cc.
 //
 // Tolerance for "equals full attention": a policy splits the keys into the
 // cache part and the chunk part and merges the two states (MergeStates),
@@ -83,7 +84,9 @@ TEST(CachePolicyTest, CoveringBudgetEqualsFullAttention) {
   // S + W >= 60: nothing is ever evicted, cache positions = original ones.
   for (const std::string spec : {"streaming:sinks=4,window=56", "cascading:sinks=4,subcaches=4,window=56",
                                  "cascading:sinks=0,subcaches=2,window=64,positions=original",
-                                 "tokenselect:init=4,k=40,local=16"}) {
+                                 "tokenselect:init=4,k=40,local=16", "h2o:heavy=40,recent=24",
+                                 "h2o:heavy=32,recent=32,reduce=max,positions=compact",
+                                 "snapkv:budget=64,window=16", "snapkv:budget=60,positions=compact"}) {
     SCOPED_TRACE(spec);
     auto policy = Make(spec);
     ASSERT_NE(policy, nullptr);
@@ -172,6 +175,13 @@ TEST(CachePolicyTest, FactoryErrorsNameTheProblem) {
       {"streaming:sinks=1,sinks=2", "sinks given twice"},
       {"tokenselect:pool=2", "pool kernel 2"},
       {"tokenselect:k=0", "k 0 >= 1"},
+      {"h2o:reduce=mean", "reduce=mean is not one of sum|max"},
+      {"h2o:heavy=-1", "heavy -1 and recent"},
+      {"h2o:budget=64,positions=cache", "positions=cache is not one of original|compact"},
+      {"h2o:window=8", "unknown key \"window\""},
+      {"snapkv:kernel=4", "pool kernel 4"},
+      {"snapkv:budget=32,window=40", "window 40 not in [1, budget 32]"},
+      {"snapkv:recent=8", "unknown key \"recent\""},
   };
   for (const auto& [spec, want] : cases) {
     auto p = MakePolicy(c, spec);

@@ -62,4 +62,34 @@ absl::Status AttendCausal(const kernels::ExecContext& ctx, const model::ModelCon
   return kernels::Prefill(ctx, p);
 }
 
+absl::Status AttendGather(const kernels::ExecContext& ctx, const model::ModelConfig& config, const float* q,
+                          int64_t num_q, const kernels::KvPool& pool, const kernels::KvGather& gather,
+                          const int32_t* query_positions, const kernels::ScoreAccum& accum, float* out) {
+  if (num_q == 1) {
+    kernels::DecodeArgs d;
+    d.q = q;
+    d.q_positions = query_positions;
+    d.batch = 1;
+    d.num_q_heads = config.n_heads;
+    d.kv = pool;
+    d.gather = gather;
+    d.rope = ModelRope(config);
+    d.out = out;
+    d.accum = accum;
+    return kernels::Decode(ctx, d);
+  }
+  kernels::PrefillArgs p;
+  p.q = q;
+  p.q_positions = query_positions;
+  p.num_q = num_q;
+  p.num_q_heads = config.n_heads;
+  p.kv = pool;
+  p.gather = gather;
+  p.causal = true;
+  p.rope = ModelRope(config);
+  p.out = out;
+  p.accum = accum;
+  return kernels::Prefill(ctx, p);
+}
+
 }  // namespace kvc::cache

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "kernels/attention.h"
 #include "kernels/types.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/transformer.h"
@@ -26,6 +27,15 @@ kernels::Rope ModelRope(const model::ModelConfig& config);
 absl::Status AttendCausal(const kernels::ExecContext& ctx, const model::ModelConfig& config,
                           const model::AttendArgs& a, const kernels::KvPool& pool, const int32_t* slots,
                           const int32_t* positions, int64_t count, const int32_t* query_positions = nullptr);
+
+// Attention of `num_q` queries (q: [num_q][Hq][D] before RoPE, query i at
+// query_positions[i]) over `gather` on `pool`, causal: every list ends with
+// the queries' own tokens in order. Folds the probabilities into `accum`
+// (kNone: no scores). out: [num_q][Hq][D]. Decode for a single query,
+// Prefill otherwise.
+absl::Status AttendGather(const kernels::ExecContext& ctx, const model::ModelConfig& config, const float* q,
+                          int64_t num_q, const kernels::KvPool& pool, const kernels::KvGather& gather,
+                          const int32_t* query_positions, const kernels::ScoreAccum& accum, float* out);
 
 }  // namespace kvc::cache
 

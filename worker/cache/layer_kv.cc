@@ -69,6 +69,25 @@ void LayerKv::Move(int64_t from, int64_t to) {
   std::memmove(v_.data() + to * row_bytes, v_.data() + from * row_bytes, row_bytes);
 }
 
+void LayerKv::MoveHead(int64_t from, int64_t to, int32_t head) {
+  const size_t elem = kernels::DTypeSize(dtype_);
+  const size_t row_bytes = row_elems_ * elem, head_bytes = static_cast<size_t>(head_dim_) * elem;
+  const size_t src = from * row_bytes + head * head_bytes, dst = to * row_bytes + head * head_bytes;
+  std::memmove(k_.data() + dst, k_.data() + src, head_bytes);
+  std::memmove(v_.data() + dst, v_.data() + src, head_bytes);
+}
+
+void LayerKv::Shrink(int64_t slots) {
+  if (slots >= capacity_) return;
+  const size_t bytes = static_cast<size_t>(slots) * row_elems_ * kernels::DTypeSize(dtype_);
+  k_.resize(bytes);
+  v_.resize(bytes);
+  // Non-binding; libstdc++ keeps the old buffer if the smaller one cannot be had.
+  k_.shrink_to_fit();
+  v_.shrink_to_fit();
+  capacity_ = slots;
+}
+
 kernels::KvPool LayerKv::Pool(int64_t slots) const {
   return kernels::KvPool::Contiguous(k_.data(), v_.data(), dtype_, slots, num_kv_heads_, head_dim_);
 }

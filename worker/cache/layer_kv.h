@@ -28,6 +28,12 @@ class LayerKv {
   void WriteRange(int64_t first, int64_t n, const float* k, const float* v);
   // Copies slot `from` to slot `to` (keys and values).
   void Move(int64_t from, int64_t to);
+  // Copies only KV head `head` of slot `from` to slot `to` (policies whose
+  // heads keep different tokens). REQUIRES: both < capacity().
+  void MoveHead(int64_t from, int64_t to, int32_t head);
+  // Frees every slot from `slots` on (keeps the first `slots`); no-op when
+  // capacity() <= slots.
+  void Shrink(int64_t slots);
 
   // The pool over every allocated slot, or over the first `slots` only (so
   // that per-slot arrays indexed [h * num_slots + slot] may be that short).

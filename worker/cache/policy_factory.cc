@@ -10,6 +10,8 @@
 #include "common/status_macros.h"
 #include "worker/cache/cascading.h"
 #include "worker/cache/full_attention.h"
+#include "worker/cache/h2o.h"
+#include "worker/cache/snapkv.h"
 #include "worker/cache/token_select.h"
 
 namespace kvc::cache {
@@ -91,7 +93,7 @@ class Params {
 
 }  // namespace
 
-std::vector<std::string> PolicyNames() { return {"full", "streaming", "cascading", "tokenselect"}; }
+std::vector<std::string> PolicyNames() { return {"full", "streaming", "cascading", "tokenselect", "h2o", "snapkv"}; }
 
 absl::StatusOr<std::unique_ptr<CachePolicy>> MakePolicy(const model::ModelConfig& config, const std::string& spec) {
   const size_t colon = spec.find(':');
@@ -144,6 +146,42 @@ absl::StatusOr<std::unique_ptr<CachePolicy>> MakePolicy(const model::ModelConfig
     KVC_RETURN_IF_ERROR(p.Finish());
     KVC_ASSIGN_OR_RETURN(std::unique_ptr<TokenSelectPolicy> t, TokenSelectPolicy::Create(config, o));
     return std::unique_ptr<CachePolicy>(std::move(t));
+  }
+  if (name == "h2o") {
+    H2OOptions o;
+    o.kv_dtype = kv;
+    int32_t budget = 0;
+    KVC_RETURN_IF_ERROR(p.Int("budget", &budget));
+    if (budget > 0) {
+      // Half recent, the rest heavy hitters (the paper's even split).
+      o.recent = budget / 2;
+      o.heavy = budget - o.recent;
+    }
+    KVC_RETURN_IF_ERROR(p.Int("heavy", &o.heavy));
+    KVC_RETURN_IF_ERROR(p.Int("recent", &o.recent));
+    std::string reduce = "sum", positions = "original";
+    KVC_RETURN_IF_ERROR(p.Choice("reduce", {"sum", "max"}, &reduce));
+    KVC_RETURN_IF_ERROR(p.Choice("positions", {"original", "compact"}, &positions));
+    o.group_reduce = reduce == "max" ? kernels::GroupReduce::kMax : kernels::GroupReduce::kSum;
+    o.compact_positions = positions == "compact";
+    KVC_RETURN_IF_ERROR(p.Finish());
+    KVC_ASSIGN_OR_RETURN(std::unique_ptr<H2O> h, H2O::Create(config, o));
+    return std::unique_ptr<CachePolicy>(std::move(h));
+  }
+  if (name == "snapkv") {
+    SnapKvOptions o;
+    o.kv_dtype = kv;
+    KVC_RETURN_IF_ERROR(p.Int("budget", &o.budget));
+    // A window of 64, at most half the budget.
+    o.window = std::max(1, std::min(64, o.budget / 2));
+    KVC_RETURN_IF_ERROR(p.Int("window", &o.window));
+    KVC_RETURN_IF_ERROR(p.Int("kernel", &o.pool_kernel));
+    std::string positions = "original";
+    KVC_RETURN_IF_ERROR(p.Choice("positions", {"original", "compact"}, &positions));
+    o.compact_positions = positions == "compact";
+    KVC_RETURN_IF_ERROR(p.Finish());
+    KVC_ASSIGN_OR_RETURN(std::unique_ptr<SnapKv> s, SnapKv::Create(config, o));
+    return std::unique_ptr<CachePolicy>(std::move(s));
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown policy \"", name, "\" (known: ",
                                                  absl::StrJoin(PolicyNames(), ", "), ")"));

@@ -4,10 +4,14 @@
 //   streaming:sinks=4,window=252          (StreamingLLM; default sinks 4)
 //   cascading:sinks=4,subcaches=4,window=252,beta=0.999,positions=cache|original
 //   tokenselect:init=4,k=92,local=32,pool=0,theta=0.9
+//   h2o:heavy=128,recent=128,reduce=sum|max,positions=original|compact
+//   snapkv:budget=256,window=64,kernel=5,positions=original|compact
 // Every policy also takes kv=f32|bf16|f16. budget=B (tokens of KV per
 // layer) sets the window of streaming and cascading to the largest multiple
 // of the sub-caches that fits beside the sinks; for tokenselect it sets
-// local = B/4, init = 4, k = the rest. Explicit values win. Unknown names, unknown keys and
+// local = B/4, init = 4, k = the rest; for h2o recent = B/2, heavy = the
+// rest; for snapkv the tokens kept at the end of the prompt, with window =
+// min(64, B/2). Explicit values win. Unknown names, unknown keys and
 // bad values are InvalidArgument naming them.
 #ifndef KVC_WORKER_CACHE_POLICY_FACTORY_H_
 #define KVC_WORKER_CACHE_POLICY_FACTORY_H_
