@@ -1,0 +1,141 @@
+// worker_bench: the model runtime's speed targets, each against what it
+// replaces, in one run (stories15M, this machine's CPU path):
+//  - generation of 256 tokens under full attention, against the published
+//    llama2.c figure for these two cores (--reference_tok_s, 580 tokens/s);
+//  - prefill of a long input (--context, 32K) with dense attention against
+//    the same input through a policy's strided prefill (--prefill_policy);
+//  - decode tokens/s at that context, full attention against a policy
+//    (--decode_policy), each after its own prefill.
+// Results and the exact command: docs/EVALUATION.md.
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_format.h"
+#include "common/allocator.h"
+#include "common/status_macros.h"
+#include "kernels/thread_pool.h"
+#include "worker/cache/policy_factory.h"
+#include "worker/model/checkpoint.h"
+#include "worker/model/sampler.h"
+#include "worker/model/transformer.h"
+
+ABSL_FLAG(std::string, model, "third_party/stories15M/model.bin", "llama2.c checkpoint");
+ABSL_FLAG(int64_t, context, 32768, "Context length of the prefill and decode cases");
+ABSL_FLAG(int, stride, 256, "Tokens per forward pass while prefilling (dense and policy)");
+ABSL_FLAG(std::string, prefill_policy, "cascading:budget=256", "Policy whose strided prefill is timed");
+ABSL_FLAG(std::string, decode_policy, "cascading:budget=256", "Policy whose decode is timed against full");
+ABSL_FLAG(int, decode_steps, 64, "Decode steps timed at the context");
+ABSL_FLAG(int, gen_tokens, 256, "Tokens generated in the short full-attention case");
+ABSL_FLAG(double, reference_tok_s, 580.0, "llama2.c (run.c, OpenMP) tokens/s for 256 tokens on this machine");
+ABSL_FLAG(std::string, weights, "f32", "f32 or bf16 weights");
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+struct Bench {
+  std::unique_ptr<kvc::model::Checkpoint> ckpt;
+  std::unique_ptr<kvc::model::Transformer> model;
+  std::vector<float> logits;
+
+  absl::StatusOr<std::unique_ptr<kvc::cache::CachePolicy>> Policy(const std::string& spec) {
+    return kvc::cache::MakePolicy(ckpt->config(), spec);
+  }
+  // Seconds to read `n` tokens through `policy` in chunks of `stride`.
+  absl::StatusOr<double> Prefill(kvc::cache::CachePolicy& policy, int64_t n, int stride) {
+    std::vector<int32_t> tokens(n);
+    for (int64_t i = 0; i < n; ++i) tokens[i] = 3 + static_cast<int32_t>((i * 7919) % 31997);
+    const auto t0 = Clock::now();
+    for (int64_t b = 0; b < n; b += stride) {
+      const int64_t len = std::min<int64_t>(stride, n - b);
+      KVC_RETURN_IF_ERROR(model->Forward(absl::MakeConstSpan(tokens).subspan(b, len), b, policy, logits.data()));
+    }
+    return Since(t0);
+  }
+  // Tokens/s of `steps` greedy decode steps after `start` tokens.
+  absl::StatusOr<double> Decode(kvc::cache::CachePolicy& policy, int64_t start, int steps) {
+    const auto t0 = Clock::now();
+    for (int s = 0; s < steps; ++s) {
+      const int32_t next = kvc::model::ArgMax(logits);
+      KVC_RETURN_IF_ERROR(model->Forward(absl::MakeConstSpan(&next, 1), start + s, policy, logits.data()));
+    }
+    return steps / Since(t0);
+  }
+};
+
+void Row(const std::string& name, const std::string& value, const std::string& ratio) {
+  std::printf("%-52s %16s  %s\n", name.c_str(), value.c_str(), ratio.c_str());
+  std::fflush(stdout);
+}
+
+absl::Status Run() {
+  Bench b;
+  KVC_ASSIGN_OR_RETURN(b.ckpt, kvc::model::Checkpoint::Load(absl::GetFlag(FLAGS_model)));
+  kvc::model::TransformerOptions o;
+  o.weights = absl::GetFlag(FLAGS_weights) == "bf16" ? kvc::kernels::DType::kBF16 : kvc::kernels::DType::kF32;
+  o.max_chunk = 256;
+  KVC_ASSIGN_OR_RETURN(b.model, kvc::model::Transformer::Create(b.ckpt.get(), o));
+  b.logits.resize(b.ckpt->config().vocab_size);
+  const int64_t n = absl::GetFlag(FLAGS_context);
+  const int stride = absl::GetFlag(FLAGS_stride), steps = absl::GetFlag(FLAGS_decode_steps);
+  std::printf("# worker_bench: stories15M (%s), %s weights, %d threads, context %lld, stride %d\n",
+              b.ckpt->config().ToString().c_str(), absl::GetFlag(FLAGS_weights).c_str(),
+              kvc::kernels::DefaultThreadPool().num_threads(), static_cast<long long>(n), stride);
+
+  // 1. Short generation under full attention (prompt = BOS).
+  {
+    KVC_ASSIGN_OR_RETURN(auto full, b.Policy("full"));
+    KVC_RETURN_IF_ERROR(b.Prefill(*full, 1, 1).status());
+    KVC_ASSIGN_OR_RETURN(double tok_s, b.Decode(*full, 1, absl::GetFlag(FLAGS_gen_tokens) - 1));
+    const double ref = absl::GetFlag(FLAGS_reference_tok_s);
+    Row(absl::StrFormat("generate %d tokens, full attention", absl::GetFlag(FLAGS_gen_tokens)),
+        absl::StrFormat("%.0f tok/s", tok_s), absl::StrFormat("%.2fx llama2.c (%.0f tok/s)", tok_s / ref, ref));
+  }
+  // 2. Prefill of n tokens: dense vs the policy; 3. decode after each.
+  KVC_ASSIGN_OR_RETURN(auto full, b.Policy("full"));
+  KVC_ASSIGN_OR_RETURN(double t_dense, b.Prefill(*full, n, stride));
+  KVC_ASSIGN_OR_RETURN(double full_tok_s, b.Decode(*full, n, steps));
+  Row(absl::StrFormat("prefill %lld tokens, dense (full attention)", static_cast<long long>(n)),
+      absl::StrFormat("%.2f s", t_dense), "");
+  const std::string pp = absl::GetFlag(FLAGS_prefill_policy), dp = absl::GetFlag(FLAGS_decode_policy);
+  KVC_ASSIGN_OR_RETURN(auto prefill_policy, b.Policy(pp));
+  KVC_ASSIGN_OR_RETURN(double t_policy, b.Prefill(*prefill_policy, n, stride));
+  Row(absl::StrFormat("prefill %lld tokens, %s", static_cast<long long>(n), pp.c_str()),
+      absl::StrFormat("%.2f s", t_policy), absl::StrFormat("%.1fx faster than dense", t_dense / t_policy));
+  Row(absl::StrFormat("decode at %lld, full attention", static_cast<long long>(n)),
+      absl::StrFormat("%.1f tok/s", full_tok_s), "");
+  std::unique_ptr<kvc::cache::CachePolicy> decode_policy;
+  if (dp == pp) {
+    decode_policy = std::move(prefill_policy);
+  } else {
+    KVC_ASSIGN_OR_RETURN(decode_policy, b.Policy(dp));
+    KVC_RETURN_IF_ERROR(b.Prefill(*decode_policy, n, stride).status());
+  }
+  KVC_ASSIGN_OR_RETURN(double policy_tok_s, b.Decode(*decode_policy, n, steps));
+  Row(absl::StrFormat("decode at %lld, %s", static_cast<long long>(n), dp.c_str()),
+      absl::StrFormat("%.1f tok/s", policy_tok_s), absl::StrFormat("%.1fx full attention", policy_tok_s / full_tok_s));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  kvc::TuneAllocatorForLargeBuffers();
+  absl::SetProgramUsageMessage(
+      "worker_bench: the model runtime's speed targets against dense attention and llama2.c, in one run.\n"
+      "  worker_bench [--context=32768] [--prefill_policy=SPEC] [--decode_policy=SPEC] [--weights=f32|bf16]");
+  absl::ParseCommandLine(argc, argv);
+  const absl::Status s = Run();
+  if (!s.ok()) {
+    std::fprintf(stderr, "worker_bench: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
