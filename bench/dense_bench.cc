@@ -2,8 +2,8 @@
 // dim 288, hidden 768, vocab 32000) for one decode token (m = 1) and one
 // prefill chunk (m = 512), fp32 and bf16 weights, put against the machine
 // measured in the same run: its read bandwidth (bench/machine_probe.h) for
-// decode, whose floor is reading W once (also timed on the same copies of W
-// right after the kernel: "floor"), and its fp32 FMA peak for prefill.
+// decode, whose floor is reading W once (also timed on the same copies of W,
+// alternating with the kernel: "floor"), and its fp32 FMA peak for prefill.
 //
 // By default every timed call reads a different copy of W, cycling through
 // at least --rotate_bytes of copies, so decode reads W from DRAM as a model
@@ -60,23 +60,33 @@ constexpr Shape kShapes[] = {
     {"w2 768->288", 768, 288},
 };
 
-// Median seconds of fn(run index) after one warm-up run.
-double TimeIt(const std::function<absl::Status(int)>& fn, absl::Status* status) {
+// Median seconds of kernel(run) and of floor(run), runs alternating so both
+// see the same machine (this VM's memory bandwidth drifts by 2x within
+// minutes), after one warm-up run of each.
+struct Timings {
+  double kernel = 0, floor = 0;
+};
+absl::StatusOr<Timings> TimePair(const std::function<absl::Status(int)>& kernel,
+                                 const std::function<void(int)>& floor) {
   const double min_s = absl::GetFlag(FLAGS_min_seconds);
-  std::vector<double> runs;
+  std::vector<double> k_runs, f_runs;
   double total = 0;
   for (int i = 0;; ++i) {
-    const auto t0 = Clock::now();
-    *status = fn(i);
-    if (!status->ok()) return 0;
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    auto t0 = Clock::now();
+    KVC_RETURN_IF_ERROR(kernel(i));
+    const double k = std::chrono::duration<double>(Clock::now() - t0).count();
+    t0 = Clock::now();
+    floor(i);
+    const double f = std::chrono::duration<double>(Clock::now() - t0).count();
     if (i == 0) continue;
-    runs.push_back(s);
-    total += s;
-    if (runs.size() >= 5 && total >= min_s) break;
+    k_runs.push_back(k);
+    f_runs.push_back(f);
+    total += k;
+    if (k_runs.size() >= 5 && total >= min_s) break;
   }
-  std::sort(runs.begin(), runs.end());
-  return runs[runs.size() / 2];
+  std::sort(k_runs.begin(), k_runs.end());
+  std::sort(f_runs.begin(), f_runs.end());
+  return Timings{k_runs[k_runs.size() / 2], f_runs[f_runs.size() / 2]};
 }
 
 // Random values in [-1, 1) (a cheap xorshift: the bench needs bytes, not
@@ -124,21 +134,17 @@ absl::Status RunCell(const kernels::ExecContext& ctx, const Shape& shape, int64_
   a.n = shape.n;
   a.w_dtype = dtype;
   a.y = reinterpret_cast<float*>(y.p);
-  absl::Status status;
-  const double s = TimeIt(
-      [&](int run) {
-        a.w = w[run % copies]->p;
-        return kernels::Linear(ctx, a);
-      },
-      &status);
-  KVC_RETURN_IF_ERROR(status);
-  // The floor: reading the same copies of W once each, timed right after.
-  const double floor_s = TimeIt(
-      [&](int run) {
-        TimeReadOnce(*ctx.pool, w[run % copies]->p, w_bytes);
-        return absl::OkStatus();
-      },
-      &status);
+  // The floor: reading a copy of W once, half the rotation away from the
+  // kernel's, so neither warms the cache for the other.
+  KVC_ASSIGN_OR_RETURN(
+      const Timings t,
+      TimePair(
+          [&](int run) {
+            a.w = w[run % copies]->p;
+            return kernels::Linear(ctx, a);
+          },
+          [&](int run) { TimeReadOnce(*ctx.pool, w[(run + copies / 2) % copies]->p, w_bytes); }));
+  const double s = t.kernel, floor_s = t.floor;
   const double bytes = static_cast<double>(w_bytes) + 4.0 * m * (shape.k + shape.n);
   const double flops = 2.0 * m * shape.n * shape.k;
   const double gbps = bytes / s / 1e9, gflops = flops / s / 1e9;

@@ -186,6 +186,10 @@ absl::Status Cascading::Attend(const k::ExecContext& ctx, const model::AttendArg
   return absl::OkStatus();
 }
 
+size_t Cascading::bytes_per_token() const {
+  return (chunk_.slot_bytes() + (scored() ? 8u : 4u) * config_.n_kv_heads) * config_.n_layers;
+}
+
 PolicyStats Cascading::stats() const {
   PolicyStats s = stats_;
   if (layers_.empty()) return s;
@@ -194,8 +198,7 @@ PolicyStats Cascading::stats() const {
   s.resident_tokens = k::CascadeStoredTokens(cascade_, seen);
   // Keys and values of the stored tokens, plus a score and a position per
   // (slot, head) when scored.
-  const size_t per_token = chunk_.slot_bytes() + (scored() ? 8u * config_.n_kv_heads : 4u * config_.n_kv_heads);
-  s.resident_bytes = static_cast<size_t>(s.resident_tokens) * per_token * config_.n_layers;
+  s.resident_bytes = static_cast<size_t>(s.resident_tokens) * bytes_per_token();
   return s;
 }
 

@@ -48,6 +48,8 @@ class Cascading : public CachePolicy {
   absl::Status Attend(const kernels::ExecContext& ctx, const model::AttendArgs& args) override;
   std::string name() const override;
   PolicyStats stats() const override;
+  size_t bytes_per_token() const override;
+  int64_t max_resident_tokens() const override { return cascade_.total_slots(); }
   // The tokens the last Attend call on `layer` pushed out of its cache.
   const Evictions& last_evictions() const { return evictions_; }
   const kernels::CascadeState& state(int32_t layer) const { return layers_[layer].state; }

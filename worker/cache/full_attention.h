@@ -21,6 +21,7 @@ class FullAttention : public CachePolicy {
   absl::Status Attend(const kernels::ExecContext& ctx, const model::AttendArgs& args) override;
   std::string name() const override { return "full"; }
   PolicyStats stats() const override;
+  size_t bytes_per_token() const override { return layers_.front().slot_bytes() * layers_.size(); }
 
  private:
   model::ModelConfig config_;

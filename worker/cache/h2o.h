@@ -52,6 +52,10 @@ class H2O : public CachePolicy {
   absl::Status Attend(const kernels::ExecContext& ctx, const model::AttendArgs& args) override;
   std::string name() const override;
   PolicyStats stats() const override;
+  int64_t max_resident_tokens() const override { return options_.heavy + options_.recent; }
+  size_t bytes_per_token() const override {
+    return (layers_.front().kv.slot_bytes() + 8u * config_.n_kv_heads) * layers_.size();
+  }
 
   // What head `kv_head` of `layer` keeps after the last call: original
   // positions (ascending) and accumulated scores, entry for entry.

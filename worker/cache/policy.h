@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include "worker/model/transformer.h"
@@ -28,6 +29,12 @@ class CachePolicy : public model::AttentionCache {
  public:
   virtual std::string name() const = 0;
   virtual PolicyStats stats() const = 0;
+  // Upper bound on the bytes one more token can add (all layers): what the
+  // cache manager reserves before a chunk is attended.
+  virtual size_t bytes_per_token() const = 0;
+  // The most tokens the policy ever holds per layer (its budget), or
+  // INT64_MAX when it keeps every token.
+  virtual int64_t max_resident_tokens() const { return std::numeric_limits<int64_t>::max(); }
 };
 
 }  // namespace kvc::cache

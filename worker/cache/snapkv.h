@@ -54,6 +54,9 @@ class SnapKv : public CachePolicy {
   absl::Status Attend(const kernels::ExecContext& ctx, const model::AttendArgs& args) override;
   std::string name() const override;
   PolicyStats stats() const override;
+  size_t bytes_per_token() const override {
+    return (layers_.front().kv.slot_bytes() + 4u * config_.n_kv_heads) * layers_.size();
+  }
 
   // Ends the prompt of every layer whose prompt has not ended: compresses
   // what it holds (see above). Later calls do nothing.

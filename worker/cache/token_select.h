@@ -41,6 +41,7 @@ class TokenSelectPolicy : public CachePolicy {
   absl::Status Attend(const kernels::ExecContext& ctx, const model::AttendArgs& args) override;
   std::string name() const override;
   PolicyStats stats() const override;
+  size_t bytes_per_token() const override { return layers_.front().slot_bytes() * layers_.size(); }
   // Chunks that reused the previous selection / chose a new one, all layers.
   int64_t cache_hits() const { return hits_; }
   int64_t selections() const { return selections_; }
