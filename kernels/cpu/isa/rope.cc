@@ -1,6 +1,7 @@
 #include "kernels/cpu/isa/rope.h"
 
 #include <cmath>
+#include <cstring>
 
 namespace kvc::kernels::KVC_CPU_NS {
 namespace {
@@ -33,6 +34,36 @@ void FillRows(float theta, int head_dim, int64_t first, int64_t step, int64_t nu
   }
 }
 
+// The low rows (positions 0..255) depend only on theta and head_dim: each
+// thread keeps the last few it built for the life of the process (a decode
+// step makes a table per layer and pass; a model uses one or two pairs).
+// Plain arrays, not std::map: this file is compiled once per ISA and
+// partially linked (isa.h), where out-of-line template instances cannot be
+// shared between the copies. Null when the memory cannot be had.
+const float* LowRows(float theta, int head_dim) {
+  struct Entry {
+    float theta;
+    int head_dim;
+    float* rows;
+  };
+  constexpr int kEntries = 4;
+  thread_local Entry entries[kEntries] = {};
+  thread_local int next = 0;
+  for (const Entry& e : entries) {
+    if (e.rows != nullptr && e.head_dim == head_dim && std::memcmp(&e.theta, &theta, sizeof(float)) == 0) {
+      return e.rows;
+    }
+  }
+  AlignedFloats fresh = AllocateFloats(static_cast<size_t>(256) * head_dim);
+  if (!fresh) return nullptr;
+  FillRows(theta, head_dim, 0, 1, 256, fresh.get());
+  Entry& slot = entries[next];
+  next = (next + 1) % kEntries;
+  if (slot.rows != nullptr) AlignedFloats{slot.rows};  // frees the evicted one
+  slot = {theta, head_dim, fresh.release()};
+  return slot.rows;
+}
+
 }  // namespace
 
 bool RopeTable::Build(float theta, int head_dim, int32_t min_position, int32_t max_position) {
@@ -43,10 +74,9 @@ bool RopeTable::Build(float theta, int head_dim, int32_t min_position, int32_t m
   const int64_t high_rows = static_cast<int64_t>(max_position >> 8) - high_base_ + 1;
   direct_ = high_rows > kMaxHighRows;
   if (direct_) return true;
-  low_ = AllocateFloats(static_cast<size_t>(256) * 2 * half_);
+  low_ = LowRows(theta, head_dim);
   high_ = AllocateFloats(static_cast<size_t>(high_rows) * 2 * half_);
   if (!low_ || !high_) return false;
-  FillRows(theta, head_dim, 0, 1, 256, low_.get());
   FillRows(theta, head_dim, high_base_, 256, high_rows, high_.get());
   return true;
 }
@@ -62,7 +92,7 @@ void RopeTable::Angles(int32_t p, float* cos, float* sin) const {
     return;
   }
   // p == (p >> 8) * 256 + (p & 255) for every int32 p (arithmetic shift).
-  const float* lc = low_.get() + static_cast<int64_t>(p & 255) * 2 * half;
+  const float* lc = low_ + static_cast<int64_t>(p & 255) * 2 * half;
   const float* ls = lc + half;
   const float* hc = high_.get() + static_cast<int64_t>((p >> 8) - high_base_) * 2 * half;
   const float* hs = hc + half;

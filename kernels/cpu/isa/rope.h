@@ -46,8 +46,10 @@ class RopeTable {
   int half_ = 0;
   int32_t high_base_ = 0;  // (min_position >> 8)
   bool direct_ = false;
-  // low_: [256][2][half] (cos row then sin row); high_: [rows][2][half].
-  AlignedFloats low_, high_;
+  // low_: [256][2][half] (cos row then sin row), shared by every table of
+  // the same theta and head_dim (LowRows); high_: [rows][2][half].
+  const float* low_ = nullptr;
+  AlignedFloats high_;
 };
 
 // Rotates x [head_dim] in place by the per-pair angles cos, sin [head_dim/2]:
