@@ -47,6 +47,7 @@ absl::Status AttendCausal(const kernels::ExecContext& ctx, const model::ModelCon
     d.gather = gather;
     d.rope = ModelRope(config);
     d.out = a.out;
+    d.lse = a.lse;
     return kernels::Decode(ctx, d);
   }
   kernels::PrefillArgs p;
@@ -59,12 +60,14 @@ absl::Status AttendCausal(const kernels::ExecContext& ctx, const model::ModelCon
   p.causal = true;
   p.rope = ModelRope(config);
   p.out = a.out;
+  p.lse = a.lse;
   return kernels::Prefill(ctx, p);
 }
 
 absl::Status AttendGather(const kernels::ExecContext& ctx, const model::ModelConfig& config, const float* q,
                           int64_t num_q, const kernels::KvPool& pool, const kernels::KvGather& gather,
-                          const int32_t* query_positions, const kernels::ScoreAccum& accum, float* out) {
+                          const int32_t* query_positions, const kernels::ScoreAccum& accum, float* out,
+                          float* lse) {
   if (num_q == 1) {
     kernels::DecodeArgs d;
     d.q = q;
@@ -75,6 +78,7 @@ absl::Status AttendGather(const kernels::ExecContext& ctx, const model::ModelCon
     d.gather = gather;
     d.rope = ModelRope(config);
     d.out = out;
+    d.lse = lse;
     d.accum = accum;
     return kernels::Decode(ctx, d);
   }
@@ -88,6 +92,7 @@ absl::Status AttendGather(const kernels::ExecContext& ctx, const model::ModelCon
   p.causal = true;
   p.rope = ModelRope(config);
   p.out = out;
+  p.lse = lse;
   p.accum = accum;
   return kernels::Prefill(ctx, p);
 }

@@ -22,8 +22,8 @@ kernels::Rope ModelRope(const model::ModelConfig& config);
 // Causal attention of the chunk's queries over one gathered list of `count`
 // slots of `pool` whose last a.num_tokens entries are the chunk's own
 // tokens in order; keys rotated to `positions` ([count]) and query i to
-// query_positions[i] (nullptr: a.first_position + i). Decode for a single
-// query, Prefill otherwise.
+// query_positions[i] (nullptr: a.first_position + i). Writes a.out, and
+// a.lse when non-null. Decode for a single query, Prefill otherwise.
 absl::Status AttendCausal(const kernels::ExecContext& ctx, const model::ModelConfig& config,
                           const model::AttendArgs& a, const kernels::KvPool& pool, const int32_t* slots,
                           const int32_t* positions, int64_t count, const int32_t* query_positions = nullptr);
@@ -31,11 +31,12 @@ absl::Status AttendCausal(const kernels::ExecContext& ctx, const model::ModelCon
 // Attention of `num_q` queries (q: [num_q][Hq][D] before RoPE, query i at
 // query_positions[i]) over `gather` on `pool`, causal: every list ends with
 // the queries' own tokens in order. Folds the probabilities into `accum`
-// (kNone: no scores). out: [num_q][Hq][D]. Decode for a single query,
-// Prefill otherwise.
+// (kNone: no scores). out: [num_q][Hq][D]; lse: [num_q][Hq], optional.
+// Decode for a single query, Prefill otherwise.
 absl::Status AttendGather(const kernels::ExecContext& ctx, const model::ModelConfig& config, const float* q,
                           int64_t num_q, const kernels::KvPool& pool, const kernels::KvGather& gather,
-                          const int32_t* query_positions, const kernels::ScoreAccum& accum, float* out);
+                          const int32_t* query_positions, const kernels::ScoreAccum& accum, float* out,
+                          float* lse = nullptr);
 
 }  // namespace kvc::cache
 

@@ -160,6 +160,7 @@ absl::Status Cascading::Attend(const k::ExecContext& ctx, const model::AttendArg
   // Push the chunk; keep what left, per head.
   Evictions& ev = evictions_;
   ev.layer = a.layer;
+  ev.dtype = options_.kv_dtype;
   ev.stride = n;
   ev.count.assign(hkv, 0);
   const size_t ev_bytes = static_cast<size_t>(hkv) * n * d * k::DTypeSize(options_.kv_dtype);
@@ -178,6 +179,8 @@ absl::Status Cascading::Attend(const k::ExecContext& ctx, const model::AttendArg
   ins.evicted_positions = ev.positions.data();
   ins.evicted_count = ev.count.data();
   KVC_RETURN_IF_ERROR(k::CascadeInsert(ctx, ins));
+
+  if (a.lse != nullptr) std::copy(lse_.begin(), lse_.end(), a.lse);
 
   if (a.layer == 0) stats_.attended_last_step = 0;
   const int64_t pairs = n * cached + n * (n + 1) / 2;

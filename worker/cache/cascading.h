@@ -29,16 +29,6 @@ struct CascadingOptions {
   absl::Status Validate() const;
 };
 
-// Tokens that left one layer's cache in the last Attend call, per KV head:
-// what a LESS state folds.
-struct Evictions {
-  int32_t layer = -1;
-  std::vector<int32_t> count;      // [Hkv]
-  std::vector<uint8_t> k, v;       // [Hkv][chunk][D] of kv_dtype
-  std::vector<int32_t> positions;  // [Hkv][chunk]
-  int64_t stride = 0;              // chunk: entries reserved per head
-};
-
 class Cascading : public CachePolicy {
  public:
   // Validate() the options first; a bad option is reported by Create.
@@ -50,8 +40,8 @@ class Cascading : public CachePolicy {
   PolicyStats stats() const override;
   size_t bytes_per_token() const override;
   int64_t max_resident_tokens() const override { return cascade_.total_slots(); }
-  // The tokens the last Attend call on `layer` pushed out of its cache.
-  const Evictions& last_evictions() const { return evictions_; }
+  // The tokens the last Attend call pushed out of its layer's cache.
+  const Evictions* last_evictions() const override { return &evictions_; }
   const kernels::CascadeState& state(int32_t layer) const { return layers_[layer].state; }
 
  private:

@@ -81,11 +81,16 @@ absl::Status H2O::Attend(const k::ExecContext& ctx, const model::AttendArgs& a) 
       k::ScoreMode::kSum, options_.group_reduce, 0.999f, 0, call_scores_.data(), nullptr};
   KVC_RETURN_IF_ERROR(AttendGather(ctx, config_, a.q, n, layer.kv.Pool(),
                                    layer.kv.Gather(options_.compact_positions),
-                                   query_positions_.data(), accum, a.out));
+                                   query_positions_.data(), accum, a.out, a.lse));
 
+  evictions_.layer = a.layer;
+  evictions_.dtype = options_.kv_dtype;
+  evictions_.stride = 0;
+  evictions_.count.assign(hkv, 0);
   if (total > options_.budget()) {
     const int64_t b = options_.budget();
     ChooseKept(total);
+    ReportEvictions(layer, total);
     layer.kv.Retain(keep_, b);
     layer.scores.resize(static_cast<size_t>(hkv) * b);
     for (int32_t h = 0; h < hkv; ++h) {
@@ -103,6 +108,36 @@ absl::Status H2O::Attend(const k::ExecContext& ctx, const model::AttendArgs& a) 
   stats_.attended_last_step += pairs;
   stats_.attended_total += pairs;
   return absl::OkStatus();
+}
+
+void H2O::ReportEvictions(const Layer& layer, int64_t total) {
+  const int32_t hkv = config_.n_kv_heads, d = config_.head_dim();
+  const int64_t b = options_.budget(), evicted = total - b;
+  const size_t row = static_cast<size_t>(d) * k::DTypeSize(options_.kv_dtype);
+  const k::KvPool pool = layer.kv.Pool();
+  Evictions& ev = evictions_;
+  ev.stride = evicted;
+  ev.count.assign(hkv, static_cast<int32_t>(evicted));
+  ev.k.resize(static_cast<size_t>(hkv) * evicted * row);
+  ev.v.resize(ev.k.size());
+  ev.positions.resize(static_cast<size_t>(hkv) * evicted);
+  const auto* pool_k = static_cast<const uint8_t*>(pool.k);
+  const auto* pool_v = static_cast<const uint8_t*>(pool.v);
+  for (int32_t h = 0; h < hkv; ++h) {
+    // The entries of [0, total) not in head h's keep row (ascending).
+    const int32_t* kept = keep_.data() + h * b;
+    int64_t next = 0, out = static_cast<int64_t>(h) * evicted;
+    for (int32_t j = 0; j < total; ++j) {
+      if (next < b && kept[next] == j) {
+        ++next;
+        continue;
+      }
+      const size_t src = static_cast<size_t>(pool.Offset(j, h)) * k::DTypeSize(options_.kv_dtype);
+      std::copy_n(pool_k + src, row, ev.k.data() + out * row);
+      std::copy_n(pool_v + src, row, ev.v.data() + out * row);
+      ev.positions[out++] = layer.kv.position(h, j);
+    }
+  }
 }
 
 void H2O::ChooseKept(int64_t total) {

@@ -63,6 +63,9 @@ class H2O : public CachePolicy {
     return layers_[layer].kv.positions(kv_head);
   }
   std::vector<float> kept_scores(int32_t layer, int32_t kv_head) const;
+  // The rows the last Attend call evicted, per head (each head evicts the
+  // same number; none while the layer holds no more than the budget).
+  const Evictions* last_evictions() const override { return &evictions_; }
 
  private:
   struct Layer {
@@ -75,6 +78,8 @@ class H2O : public CachePolicy {
   // Per head, the entries of [0, total) to keep (B of them, ascending), by
   // the scores of call_scores_, into keep_.
   void ChooseKept(int64_t total);
+  // Copies the entries of [0, total) that keep_ drops into evictions_.
+  void ReportEvictions(const Layer& layer, int64_t total);
 
   model::ModelConfig config_;
   H2OOptions options_;
@@ -82,6 +87,7 @@ class H2O : public CachePolicy {
   // Scratch.
   std::vector<float> call_scores_;  // [Hkv][kept + chunk]
   std::vector<int32_t> query_positions_, keep_, order_;
+  Evictions evictions_;
   PolicyStats stats_;
 };
 

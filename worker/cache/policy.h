@@ -8,10 +8,24 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <vector>
 
+#include "kernels/types.h"
 #include "worker/model/transformer.h"
 
 namespace kvc::cache {
+
+// Tokens that left one layer's hot set in a policy's last Attend call, per
+// KV head: what a LESS state folds (worker/cache/less.h). Head h's i-th
+// evicted token is row h * stride + i of k / v / positions, i < count[h].
+struct Evictions {
+  int32_t layer = -1;
+  kernels::DType dtype = kernels::DType::kF32;  // of k and v (the policy's KV dtype)
+  std::vector<int32_t> count;      // [Hkv]
+  std::vector<uint8_t> k, v;       // [Hkv][stride][D], keys before RoPE
+  std::vector<int32_t> positions;  // [Hkv][stride], original positions
+  int64_t stride = 0;              // rows reserved per head
+};
 
 // What a policy holds and what its attention cost, over all layers.
 struct PolicyStats {
@@ -35,6 +49,10 @@ class CachePolicy : public model::AttentionCache {
   // The most tokens the policy ever holds per layer (its budget), or
   // INT64_MAX when it keeps every token.
   virtual int64_t max_resident_tokens() const { return std::numeric_limits<int64_t>::max(); }
+  // What the last Attend call evicted from the hot set of layer
+  // last_evictions()->layer (valid until the next Attend), or nullptr for a
+  // policy that never evicts (or does not report it).
+  virtual const Evictions* last_evictions() const { return nullptr; }
 };
 
 }  // namespace kvc::cache

@@ -11,6 +11,8 @@
 #include "worker/cache/cascading.h"
 #include "worker/cache/full_attention.h"
 #include "worker/cache/h2o.h"
+#include "worker/cache/less.h"
+#include "worker/cache/refresh_kv.h"
 #include "worker/cache/snapkv.h"
 #include "worker/cache/token_select.h"
 
@@ -67,6 +69,17 @@ class Params {
     *out = v == "bf16" ? kernels::DType::kBF16 : v == "f16" ? kernels::DType::kF16 : kernels::DType::kF32;
     return absl::OkStatus();
   }
+  // The keys nobody has asked for yet, as "key=value,..." (marked used):
+  // what a wrapping policy passes on to its inner one.
+  std::string TakeRest() {
+    std::vector<std::string> rest;
+    for (const auto& [key, value] : values_) {
+      if (used_.count(key)) continue;
+      used_[key] = true;
+      rest.push_back(absl::StrCat(key, "=", value));
+    }
+    return absl::StrJoin(rest, ",");
+  }
   absl::Status Finish() const {
     for (const auto& [key, value] : values_) {
       if (!used_.count(key)) {
@@ -91,14 +104,43 @@ class Params {
   std::map<std::string, bool> used_;
 };
 
+// less:inner=NAME,rank=R,seed=S,... : every other key goes to the inner policy.
+absl::StatusOr<std::unique_ptr<CachePolicy>> MakeLess(const model::ModelConfig& config, const std::string& spec,
+                                                      Params& p) {
+  LessOptions o;
+  std::string inner;
+  int32_t seed = static_cast<int32_t>(o.seed);
+  KVC_RETURN_IF_ERROR(p.Choice("inner", {"cascading", "h2o", "streaming"}, &inner));
+  if (inner.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy \"", spec, "\": less needs inner=cascading|h2o|streaming"));
+  }
+  KVC_RETURN_IF_ERROR(p.Int("rank", &o.rank));
+  KVC_RETURN_IF_ERROR(p.Int("seed", &seed));
+  if (seed < 0) return absl::InvalidArgumentError(absl::StrCat("policy \"", spec, "\": seed ", seed, " < 0"));
+  o.seed = static_cast<uint64_t>(seed);
+  const std::string rest = p.TakeRest();
+  KVC_RETURN_IF_ERROR(o.Validate());
+  auto made = MakePolicy(config, rest.empty() ? inner : absl::StrCat(inner, ":", rest));
+  if (!made.ok()) {
+    return absl::Status(made.status().code(),
+                        absl::StrCat("policy \"", spec, "\": inner ", made.status().message()));
+  }
+  KVC_ASSIGN_OR_RETURN(std::unique_ptr<Less> l, Less::Create(config, o, std::move(*made)));
+  return std::unique_ptr<CachePolicy>(std::move(l));
+}
+
 }  // namespace
 
-std::vector<std::string> PolicyNames() { return {"full", "streaming", "cascading", "tokenselect", "h2o", "snapkv"}; }
+std::vector<std::string> PolicyNames() {
+  return {"full", "streaming", "cascading", "tokenselect", "h2o", "snapkv", "less", "refreshkv"};
+}
 
 absl::StatusOr<std::unique_ptr<CachePolicy>> MakePolicy(const model::ModelConfig& config, const std::string& spec) {
   const size_t colon = spec.find(':');
   const std::string name = spec.substr(0, colon);
   KVC_ASSIGN_OR_RETURN(Params p, Params::Parse(spec, colon == std::string::npos ? "" : spec.substr(colon + 1)));
+  if (name == "less") return MakeLess(config, spec, p);
   kernels::DType kv = kernels::DType::kF32;
   KVC_RETURN_IF_ERROR(p.KvDtype(&kv));
   if (name == "full") {
@@ -182,6 +224,23 @@ absl::StatusOr<std::unique_ptr<CachePolicy>> MakePolicy(const model::ModelConfig
     KVC_RETURN_IF_ERROR(p.Finish());
     KVC_ASSIGN_OR_RETURN(std::unique_ptr<SnapKv> s, SnapKv::Create(config, o));
     return std::unique_ptr<CachePolicy>(std::move(s));
+  }
+  if (name == "refreshkv") {
+    RefreshKvOptions o;
+    o.kv_dtype = kv;
+    KVC_RETURN_IF_ERROR(p.Int("budget", &o.k));  // K = B
+    KVC_RETURN_IF_ERROR(p.Int("k", &o.k));
+    KVC_RETURN_IF_ERROR(p.Int("stride", &o.stride));
+    KVC_RETURN_IF_ERROR(p.Float("threshold", &o.threshold));
+    KVC_RETURN_IF_ERROR(p.Int("pool", &o.pool_kernel));
+    std::string mode = "similarity", positions = "original";
+    KVC_RETURN_IF_ERROR(p.Choice("mode", {"similarity", "fixed"}, &mode));
+    KVC_RETURN_IF_ERROR(p.Choice("positions", {"original", "compact"}, &positions));
+    o.mode = mode == "fixed" ? RefreshMode::kFixed : RefreshMode::kSimilarity;
+    o.compact_positions = positions == "compact";
+    KVC_RETURN_IF_ERROR(p.Finish());
+    KVC_ASSIGN_OR_RETURN(std::unique_ptr<RefreshKv> r, RefreshKv::Create(config, o));
+    return std::unique_ptr<CachePolicy>(std::move(r));
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown policy \"", name, "\" (known: ",
                                                  absl::StrJoin(PolicyNames(), ", "), ")"));

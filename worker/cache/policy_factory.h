@@ -6,6 +6,11 @@
 //   tokenselect:init=4,k=92,local=32,pool=0,theta=0.9
 //   h2o:heavy=128,recent=128,reduce=sum|max,positions=original|compact
 //   snapkv:budget=256,window=64,kernel=5,positions=original|compact
+//   refreshkv:k=256,stride=10,threshold=0.9,mode=similarity|fixed,pool=7,
+//       positions=original|compact   (budget=B: K = B; worker/cache/refresh_kv.h)
+//   less:inner=cascading|h2o|streaming,rank=8,seed=1,...   (LESS on top of
+//       the inner policy, worker/cache/less.h; every other key, budget and
+//       kv included, is the inner policy's)
 // Every policy also takes kv=f32|bf16|f16. budget=B (tokens of KV per
 // layer) sets the window of streaming and cascading to the largest multiple
 // of the sub-caches that fits beside the sinks; for tokenselect it sets

@@ -81,7 +81,7 @@ absl::Status SnapKv::Attend(const k::ExecContext& ctx, const model::AttendArgs& 
   }
   KVC_RETURN_IF_ERROR(AttendGather(ctx, config_, a.q, n, layer.kv.Pool(),
                                    layer.kv.Gather(options_.compact_positions),
-                                   query_positions_.data(), k::ScoreAccum{}, a.out));
+                                   query_positions_.data(), k::ScoreAccum{}, a.out, a.lse));
   layer.seen += n;
   layer.next_position = a.first_position + n;
 

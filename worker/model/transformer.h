@@ -29,6 +29,10 @@ struct AttendArgs {
   const float* k = nullptr;  // [num_tokens][Hkv][D], before RoPE
   const float* v = nullptr;  // [num_tokens][Hkv][D]
   float* out = nullptr;      // [num_tokens][Hq][D]
+  // Optional: when non-null, the cache also writes the natural-log
+  // log-sum-exp of each query row's attention logits over the keys it
+  // attended ([num_tokens][Hq]), so outputs can be merged or combined.
+  float* lse = nullptr;  // [num_tokens][Hq]
 };
 
 // A sequence's KV under some cache policy (worker/cache). Attend keeps the

@@ -1,0 +1,153 @@
+#include "worker/cache/less.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "worker/cache/attend.h"
+
+namespace kvc::cache {
+
+namespace k = ::kvc::kernels;
+
+namespace {
+
+// f(x) = elu(w2 g(x) + b2) + 1 (kernels/less.h), in fp64: elu + 1 as exp
+// below zero, g = gelu (tanh form) of w1 x + b1 or the identity.
+std::vector<double> ApplyFeatureMap(const k::FeatureMap& f, const float* x) {
+  std::vector<double> g(x, x + f.in_dim);
+  if (f.hidden > 0) {
+    std::vector<double> hid(f.hidden);
+    for (int32_t j = 0; j < f.hidden; ++j) {
+      double acc = f.b1[j];
+      for (int32_t c = 0; c < f.in_dim; ++c)
+        acc += static_cast<double>(f.w1[j * f.in_dim + c]) * x[c];
+      hid[j] =
+          0.5 * acc * (1.0 + std::tanh(0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)));
+    }
+    g.swap(hid);
+  }
+  const size_t cols = g.size();
+  std::vector<double> y(f.out_dim);
+  for (int32_t r = 0; r < f.out_dim; ++r) {
+    double acc = f.b2[r];
+    for (size_t c = 0; c < cols; ++c) acc += static_cast<double>(f.w2[r * cols + c]) * g[c];
+    y[r] = acc > 0.0 ? acc + 1.0 : std::exp(acc);
+  }
+  return y;
+}
+
+}  // namespace
+
+absl::Status LessOptions::Validate() const {
+  if (rank < 1 || rank > 256)
+    return absl::InvalidArgumentError(absl::StrCat("less: rank ", rank, " not in [1, 256]"));
+  return absl::OkStatus();
+}
+
+Less::Less(const model::ModelConfig& config, const LessOptions& options,
+           std::unique_ptr<CachePolicy> inner)
+    : config_(config),
+      options_(options),
+      inner_(std::move(inner)),
+      map_(k::RandomFeatureMap(config.head_dim(), options.rank, options.seed)),
+      layers_(config.n_layers) {
+  const size_t heads = config.n_kv_heads, r = options.rank;
+  for (Layer& l : layers_) {
+    l.h.assign(heads * r * config.head_dim(), 0.0f);
+    l.z.assign(heads * r, 0.0f);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Less>> Less::Create(const model::ModelConfig& config,
+                                                   const LessOptions& options,
+                                                   std::unique_ptr<CachePolicy> inner) {
+  KVC_RETURN_IF_ERROR(options.Validate());
+  if (inner == nullptr) return absl::InvalidArgumentError("less: no inner policy");
+  return std::unique_ptr<Less>(new Less(config, options, std::move(inner)));
+}
+
+k::LessState Less::State(int32_t layer) {
+  Layer& l = layers_[layer];
+  return k::LessState{config_.n_kv_heads, options_.rank, config_.head_dim(), l.h.data(),
+                      l.z.data()};
+}
+
+absl::Status Less::Attend(const k::ExecContext& ctx, const model::AttendArgs& a) {
+  KVC_RETURN_IF_ERROR(CheckAttendArgs(config_, a));
+  const size_t rows = static_cast<size_t>(a.num_tokens) * config_.n_heads;
+  sparse_out_.resize(rows * config_.head_dim());
+  sparse_lse_.resize(rows);
+  model::AttendArgs sparse = a;
+  sparse.out = sparse_out_.data();
+  sparse.lse = sparse_lse_.data();
+  KVC_RETURN_IF_ERROR(inner_->Attend(ctx, sparse));
+
+  // The state before this call's evictions: this chunk attended them in the cache.
+  k::LessCombineArgs c;
+  c.state = State(a.layer);
+  c.phi = map_.View();
+  c.q = a.q;
+  c.sparse_out = sparse_out_.data();
+  c.sparse_lse = sparse_lse_.data();
+  c.num_tokens = a.num_tokens;
+  c.num_q_heads = config_.n_heads;
+  c.out = a.out;
+  KVC_RETURN_IF_ERROR(k::LessCombine(ctx, c));
+  if (a.lse != nullptr) CombinedLse(a);
+
+  const Evictions* ev = inner_->last_evictions();
+  if (ev == nullptr) return absl::OkStatus();
+  if (ev->layer != a.layer || static_cast<int32_t>(ev->count.size()) != config_.n_kv_heads) {
+    return absl::InternalError(absl::StrCat("less: ", inner_->name(),
+                                            " reported evictions of layer ", ev->layer,
+                                            " after attending layer ", a.layer));
+  }
+  const int64_t count = std::accumulate(ev->count.begin(), ev->count.end(), int64_t{0});
+  if (count == 0) return absl::OkStatus();
+  k::LessFoldArgs f;
+  f.state = State(a.layer);
+  f.psi = map_.View();
+  f.dtype = ev->dtype;
+  f.k = ev->k.data();
+  f.v = ev->v.data();
+  f.max_tokens = ev->stride;
+  f.count = ev->count.data();
+  KVC_RETURN_IF_ERROR(k::LessFold(ctx, f));
+  folded_ += count;
+  return absl::OkStatus();
+}
+
+void Less::CombinedLse(const model::AttendArgs& a) const {
+  const int32_t hq = config_.n_heads, d = config_.head_dim(), r = options_.rank;
+  const int32_t group = hq / config_.n_kv_heads;
+  const Layer& l = layers_[a.layer];
+  const k::FeatureMap phi = map_.View();
+  for (int64_t t = 0; t < a.num_tokens; ++t) {
+    for (int32_t qh = 0; qh < hq; ++qh) {
+      const size_t row = static_cast<size_t>(t) * hq + qh;
+      const float* z = l.z.data() + static_cast<size_t>(qh / group) * r;
+      const double lse = sparse_lse_[row];
+      if (std::all_of(z, z + r, [](float x) { return x == 0.0f; })) {
+        a.lse[row] = static_cast<float>(lse);
+        continue;
+      }
+      const std::vector<double> f = ApplyFeatureMap(phi, a.q + row * d);
+      double phi_z = 0.0;
+      for (int32_t i = 0; i < r; ++i) phi_z += f[i] * z[i];
+      const double low = std::log(std::max(phi_z, 1e-6));
+      const double m = std::max(lse, low);
+      a.lse[row] = static_cast<float>(m + std::log(std::exp(lse - m) + std::exp(low - m)));
+    }
+  }
+}
+
+PolicyStats Less::stats() const {
+  PolicyStats s = inner_->stats();
+  for (const Layer& l : layers_) s.resident_bytes += (l.h.size() + l.z.size()) * sizeof(float);
+  return s;
+}
+
+}  // namespace kvc::cache

@@ -1,0 +1,231 @@
+#include "worker/cache/refresh_kv.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/attention.h"
+#include "worker/cache/attend.h"
+
+namespace kvc::cache {
+
+namespace k = ::kvc::kernels;
+
+absl::Status RefreshKvOptions::Validate() const {
+  if (k < 1 || k > INT32_MAX / 2) {
+    return absl::InvalidArgumentError(absl::StrCat("refreshkv: k ", k, " must be >= 1"));
+  }
+  if (stride < 1)
+    return absl::InvalidArgumentError(absl::StrCat("refreshkv: stride ", stride, " must be >= 1"));
+  if (mode != RefreshMode::kFixed && mode != RefreshMode::kSimilarity) {
+    return absl::InvalidArgumentError("refreshkv: unknown mode");
+  }
+  if (!(threshold >= -1.0f && threshold <= 1.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("refreshkv: threshold ", threshold, " not in [-1, 1]"));
+  }
+  if (pool_kernel < 0 || (pool_kernel > 1 && pool_kernel % 2 == 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("refreshkv: pool kernel ", pool_kernel, " must be 0, 1 or odd"));
+  }
+  if (kv_dtype != k::DType::kF32 && kv_dtype != k::DType::kBF16 && kv_dtype != k::DType::kF16) {
+    return absl::InvalidArgumentError("refreshkv: unknown KV dtype");
+  }
+  return absl::OkStatus();
+}
+
+bool RefreshScheduler::NextStepIsFull(const std::vector<float>& query_mean) {
+  ++since_refresh_;
+  if (since_refresh_ % options_.stride != 0) return false;
+  if (options_.mode == RefreshMode::kFixed || reference_.empty()) return true;
+  double dot = 0, qq = 0, rr = 0;
+  for (size_t d = 0; d < query_mean.size(); ++d) {
+    dot += static_cast<double>(query_mean[d]) * reference_[d];
+    qq += static_cast<double>(query_mean[d]) * query_mean[d];
+    rr += static_cast<double>(reference_[d]) * reference_[d];
+  }
+  const double denom = std::sqrt(qq * rr);
+  const double cosine = denom > 0 ? dot / denom : 0.0;
+  return !(cosine > options_.threshold);
+}
+
+void RefreshScheduler::Refreshed(const std::vector<float>& query_mean) {
+  reference_ = query_mean;
+  since_refresh_ = 0;
+}
+
+RefreshKv::RefreshKv(const model::ModelConfig& config, const RefreshKvOptions& options)
+    : config_(config), options_(options) {
+  layers_.reserve(config.n_layers);
+  for (int32_t l = 0; l < config.n_layers; ++l) {
+    layers_.push_back(Layer{LayerKv(config.n_kv_heads, config.head_dim(), options.kv_dtype),
+                            {},
+                            std::vector<std::deque<int32_t>>(config.n_kv_heads),
+                            RefreshScheduler(options),
+                            0});
+  }
+}
+
+absl::StatusOr<std::unique_ptr<RefreshKv>> RefreshKv::Create(const model::ModelConfig& config,
+                                                             const RefreshKvOptions& options) {
+  KVC_RETURN_IF_ERROR(options.Validate());
+  return std::unique_ptr<RefreshKv>(new RefreshKv(config, options));
+}
+
+std::string RefreshKv::name() const {
+  return absl::StrCat(
+      "refreshkv(hot=", options_.k, ",S=", options_.stride,
+      options_.mode == RefreshMode::kFixed ? ",fixed" : absl::StrCat(",sim=", options_.threshold),
+      ",pool=", options_.pool_kernel, options_.compact_positions ? ",compact" : "", ")");
+}
+
+std::vector<int32_t> RefreshKv::partial_cache(int32_t layer, int32_t kv_head) const {
+  const Layer& l = layers_[layer];
+  std::vector<int32_t> p;
+  for (const int32_t slot : l.hot[kv_head]) p.push_back(l.positions[slot]);
+  return p;
+}
+
+void RefreshKv::QueryMean(const float* q, int64_t i) {
+  const int32_t hq = config_.n_heads, d = config_.head_dim();
+  query_mean_.assign(d, 0.0f);
+  const float* row = q + i * hq * d;
+  for (int32_t h = 0; h < hq; ++h) {
+    for (int32_t x = 0; x < d; ++x) query_mean_[x] += row[h * d + x];
+  }
+  for (float& x : query_mean_) x /= static_cast<float>(hq);
+}
+
+absl::Status RefreshKv::Attend(const k::ExecContext& ctx, const model::AttendArgs& a) {
+  KVC_RETURN_IF_ERROR(CheckAttendArgs(config_, a));
+  Layer& layer = layers_[a.layer];
+  if (a.first_position < layer.next_position) {
+    return absl::InvalidArgumentError(absl::StrCat("refreshkv: chunk at position ",
+                                                   a.first_position, " does not follow position ",
+                                                   layer.next_position - 1));
+  }
+  const int64_t n = a.num_tokens, past = static_cast<int64_t>(layer.positions.size()),
+                total = past + n;
+  if (total > INT32_MAX) return absl::InvalidArgumentError("refreshkv: too many tokens");
+  KVC_RETURN_IF_ERROR(layer.kv.Reserve(total));
+  layer.kv.WriteRange(past, n, a.k, a.v);
+  for (int64_t i = 0; i < n; ++i)
+    layer.positions.push_back(static_cast<int32_t>(a.first_position + i));
+  layer.next_position = a.first_position + n;
+
+  QueryMean(a.q, n - 1);
+  int64_t pairs = 0;
+  if (n > 1 || layer.scheduler.NextStepIsFull(query_mean_)) {
+    KVC_RETURN_IF_ERROR(FullAttend(ctx, a, layer, total));
+    if (n == 1) ++full_steps_;
+    pairs = n * past + n * (n + 1) / 2;
+  } else {
+    pairs = static_cast<int64_t>(layer.hot.front().size()) + 1;
+    KVC_RETURN_IF_ERROR(PartialAttend(ctx, a, layer, total));
+    ++partial_steps_;
+  }
+  if (a.layer == 0) stats_.attended_last_step = 0;
+  stats_.attended_last_step += pairs;
+  stats_.attended_total += pairs;
+  return absl::OkStatus();
+}
+
+absl::Status RefreshKv::FullAttend(const k::ExecContext& ctx, const model::AttendArgs& a,
+                                   Layer& layer, int64_t total) {
+  const int64_t n = a.num_tokens, past = total - n;
+  indptr_ = {0, static_cast<int32_t>(total)};
+  indices_.resize(total);
+  std::iota(indices_.begin(), indices_.end(), 0);
+  if (options_.compact_positions) {
+    gather_positions_ = indices_;
+  } else {
+    gather_positions_ = layer.positions;
+  }
+  query_positions_.resize(n);
+  for (int64_t i = 0; i < n; ++i) query_positions_[i] = gather_positions_[past + i];
+  scores_.assign(static_cast<size_t>(config_.n_kv_heads) * total, 0.0f);
+  // The last query's probabilities, normalised by the attention pass's lse.
+  const k::ScoreAccum accum{
+      k::ScoreMode::kSum, k::GroupReduce::kMax, 0.999f, n - 1, scores_.data(), nullptr};
+  const k::KvGather gather{indptr_.data(), indices_.data(), gather_positions_.data(), false};
+  KVC_RETURN_IF_ERROR(AttendGather(ctx, config_, a.q, n, layer.kv.Pool(total), gather,
+                                   query_positions_.data(), accum, a.out, a.lse));
+  Rebuild(layer, total);
+  layer.scheduler.Refreshed(query_mean_);
+  return absl::OkStatus();
+}
+
+absl::Status RefreshKv::PartialAttend(const k::ExecContext& ctx, const model::AttendArgs& a,
+                                      Layer& layer, int64_t total) {
+  const int32_t hkv = config_.n_kv_heads;
+  const int32_t slot = static_cast<int32_t>(total - 1);
+  const int64_t m = static_cast<int64_t>(layer.hot.front().size()), per_list = m + 1;
+  indptr_.resize(hkv + 1);
+  indices_.resize(static_cast<size_t>(hkv) * per_list);
+  gather_positions_.resize(indices_.size());
+  for (int32_t h = 0; h < hkv; ++h) {
+    indptr_[h] = static_cast<int32_t>(h * per_list);
+    int32_t* idx = indices_.data() + h * per_list;
+    std::copy(layer.hot[h].begin(), layer.hot[h].end(), idx);
+    std::sort(idx, idx + m);  // token order, so compact positions keep it
+    idx[m] = slot;
+    int32_t* pos = gather_positions_.data() + h * per_list;
+    for (int64_t j = 0; j < per_list; ++j) {
+      pos[j] = options_.compact_positions ? static_cast<int32_t>(j) : layer.positions[idx[j]];
+    }
+  }
+  indptr_[hkv] = static_cast<int32_t>(hkv * per_list);
+  query_positions_.assign(
+      1, options_.compact_positions ? static_cast<int32_t>(m) : layer.positions[slot]);
+  const k::KvGather gather{indptr_.data(), indices_.data(), gather_positions_.data(), true};
+  KVC_RETURN_IF_ERROR(AttendGather(ctx, config_, a.q, 1, layer.kv.Pool(total), gather,
+                                   query_positions_.data(), k::ScoreAccum{}, a.out, a.lse));
+  for (std::deque<int32_t>& hot : layer.hot) {
+    hot.push_back(slot);
+    if (static_cast<int64_t>(hot.size()) > options_.k) hot.pop_front();
+  }
+  return absl::OkStatus();
+}
+
+void RefreshKv::Rebuild(Layer& layer, int64_t total) {
+  const int64_t keep = std::min<int64_t>(options_.k, total), half = options_.pool_kernel / 2;
+  pooled_.resize(total);
+  order_.resize(total);
+  for (int32_t h = 0; h < config_.n_kv_heads; ++h) {
+    const float* s = scores_.data() + h * total;
+    for (int64_t t = 0; t < total; ++t) {
+      const int64_t lo = std::max<int64_t>(0, t - half),
+                    hi = std::min<int64_t>(total - 1, t + half);
+      pooled_[t] = *std::max_element(s + lo, s + hi + 1);
+    }
+    std::iota(order_.begin(), order_.end(), 0);
+    const float* p = pooled_.data();
+    // Preference: higher pooled score, then the older token.
+    const auto better = [p](int32_t x, int32_t y) {
+      return p[x] > p[y] || (p[x] == p[y] && x < y);
+    };
+    if (keep < total) std::nth_element(order_.begin(), order_.begin() + keep, order_.end(), better);
+    std::sort(order_.begin(), order_.begin() + keep, better);
+    // Cp in eviction order: the least preferred first.
+    layer.hot[h].assign(order_.rend() - keep, order_.rend());
+  }
+}
+
+PolicyStats RefreshKv::stats() const {
+  PolicyStats s = stats_;
+  if (layers_.empty()) return s;
+  s.tokens_seen = static_cast<int64_t>(layers_.back().positions.size());
+  s.resident_bytes = 0;
+  for (const Layer& l : layers_) {
+    const int64_t tokens = static_cast<int64_t>(l.positions.size());
+    // Cf holds every token: |Cf| is resident; the hot set per step is K.
+    s.resident_tokens = std::max(s.resident_tokens, tokens);
+    s.resident_bytes += static_cast<size_t>(tokens) * (l.kv.slot_bytes() + 4u) +
+                        l.hot.size() * l.hot.front().size() * 4u;
+  }
+  return s;
+}
+
+}  // namespace kvc::cache
