@@ -22,6 +22,37 @@ absl::Status CheckAttendArgs(const model::ModelConfig& config, const model::Atte
   return absl::OkStatus();
 }
 
+absl::Status CheckKvDtype(const char* policy, kernels::DType dtype) {
+  if (dtype != kernels::DType::kF32 && dtype != kernels::DType::kBF16 && dtype != kernels::DType::kF16) {
+    return absl::InvalidArgumentError(absl::StrCat(policy, ": unknown KV dtype ", static_cast<int>(dtype)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPoolKernel(const char* policy, int32_t kernel) {
+  if (kernel < 0 || (kernel > 1 && kernel % 2 == 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(policy, ": pool kernel ", kernel, " must be 0, 1 or odd"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PrefillOrDecode(const kernels::ExecContext& ctx, const kernels::PrefillArgs& p) {
+  if (p.num_q != 1) return kernels::Prefill(ctx, p);
+  kernels::DecodeArgs d;
+  d.q = p.q;
+  d.q_positions = p.q_positions;
+  d.batch = 1;
+  d.num_q_heads = p.num_q_heads;
+  d.kv = p.kv;
+  d.gather = p.gather;
+  d.scale = p.scale;
+  d.rope = p.rope;
+  d.out = p.out;
+  d.lse = p.lse;
+  d.accum = p.accum;
+  return kernels::Decode(ctx, d);
+}
+
 kernels::Rope ModelRope(const model::ModelConfig& config) {
   return kernels::Rope{kernels::RopeStyle::kInterleaved, config.rope_theta};
 }

@@ -16,6 +16,16 @@ namespace kvc::cache {
 // InvalidArgument naming what is wrong with `a` for a model of `config`.
 absl::Status CheckAttendArgs(const model::ModelConfig& config, const model::AttendArgs& a);
 
+// InvalidArgument "<policy>: ..." for a KV dtype other than f32, bf16 or
+// f16, and for a pooling kernel other than 0, 1 or odd.
+absl::Status CheckKvDtype(const char* policy, kernels::DType dtype);
+absl::Status CheckPoolKernel(const char* policy, int32_t kernel);
+
+// kernels::Prefill, or kernels::Decode when there is a single query (the
+// same attention and score update: one query sees its whole list either
+// way; Decode is the faster kernel for it).
+absl::Status PrefillOrDecode(const kernels::ExecContext& ctx, const kernels::PrefillArgs& p);
+
 // The model's RoPE (interleaved pairs, llama2.c).
 kernels::Rope ModelRope(const model::ModelConfig& config);
 

@@ -25,9 +25,7 @@ absl::Status CascadingOptions::Validate() const {
   if (!(beta > 0.0f && beta < 1.0f)) {
     return absl::InvalidArgumentError(absl::StrCat("cascading: beta ", beta, " not in (0, 1)"));
   }
-  if (kv_dtype != k::DType::kF32 && kv_dtype != k::DType::kBF16 && kv_dtype != k::DType::kF16) {
-    return absl::InvalidArgumentError("cascading: unknown KV dtype");
-  }
+  KVC_RETURN_IF_ERROR(CheckKvDtype("cascading", kv_dtype));
   return absl::OkStatus();
 }
 
@@ -125,7 +123,7 @@ absl::Status Cascading::Attend(const k::ExecContext& ctx, const model::AttendArg
   if (cached == 0) {
     own.out = a.out;
     own.lse = lse_.data();
-    KVC_RETURN_IF_ERROR(k::Prefill(ctx, own));
+    KVC_RETURN_IF_ERROR(PrefillOrDecode(ctx, own));
   } else {
     parts_out_.resize(2 * rows * d);
     parts_lse_.resize(2 * rows);
@@ -133,8 +131,8 @@ absl::Status Cascading::Attend(const k::ExecContext& ctx, const model::AttendArg
     cache.lse = parts_lse_.data();
     own.out = parts_out_.data() + rows * d;
     own.lse = parts_lse_.data() + rows;
-    KVC_RETURN_IF_ERROR(k::Prefill(ctx, cache));
-    KVC_RETURN_IF_ERROR(k::Prefill(ctx, own));
+    KVC_RETURN_IF_ERROR(PrefillOrDecode(ctx, cache));
+    KVC_RETURN_IF_ERROR(PrefillOrDecode(ctx, own));
     KVC_RETURN_IF_ERROR(k::MergeStates(
         ctx, {parts_out_.data(), parts_lse_.data(), 2, static_cast<int64_t>(rows), d, a.out, lse_.data()}));
   }
@@ -148,13 +146,13 @@ absl::Status Cascading::Attend(const k::ExecContext& ctx, const model::AttendArg
       cache.out = nullptr;
       cache.lse = nullptr;
       cache.accum = accum;
-      KVC_RETURN_IF_ERROR(k::Prefill(ctx, cache));
+      KVC_RETURN_IF_ERROR(PrefillOrDecode(ctx, cache));
     }
     own.out = nullptr;
     own.lse = nullptr;
     own.accum = accum;
     own.accum.scores = chunk_scores_.data();
-    KVC_RETURN_IF_ERROR(k::Prefill(ctx, own));
+    KVC_RETURN_IF_ERROR(PrefillOrDecode(ctx, own));
   }
 
   // Push the chunk; keep what left, per head.

@@ -21,9 +21,7 @@ absl::Status H2OOptions::Validate() const {
   if (group_reduce != k::GroupReduce::kSum && group_reduce != k::GroupReduce::kMax) {
     return absl::InvalidArgumentError("h2o: unknown group reduction");
   }
-  if (kv_dtype != k::DType::kF32 && kv_dtype != k::DType::kBF16 && kv_dtype != k::DType::kF16) {
-    return absl::InvalidArgumentError("h2o: unknown KV dtype");
-  }
+  KVC_RETURN_IF_ERROR(CheckKvDtype("h2o", kv_dtype));
   return absl::OkStatus();
 }
 

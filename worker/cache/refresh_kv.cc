@@ -26,13 +26,8 @@ absl::Status RefreshKvOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("refreshkv: threshold ", threshold, " not in [-1, 1]"));
   }
-  if (pool_kernel < 0 || (pool_kernel > 1 && pool_kernel % 2 == 0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("refreshkv: pool kernel ", pool_kernel, " must be 0, 1 or odd"));
-  }
-  if (kv_dtype != k::DType::kF32 && kv_dtype != k::DType::kBF16 && kv_dtype != k::DType::kF16) {
-    return absl::InvalidArgumentError("refreshkv: unknown KV dtype");
-  }
+  KVC_RETURN_IF_ERROR(CheckPoolKernel("refreshkv", pool_kernel));
+  KVC_RETURN_IF_ERROR(CheckKvDtype("refreshkv", kv_dtype));
   return absl::OkStatus();
 }
 

@@ -20,13 +20,8 @@ absl::Status SnapKvOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("snapkv: window ", window, " not in [1, budget ", budget, "]"));
   }
-  if (pool_kernel < 0 || (pool_kernel > 1 && pool_kernel % 2 == 0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("snapkv: pool kernel ", pool_kernel, " must be 0, 1 or odd"));
-  }
-  if (kv_dtype != k::DType::kF32 && kv_dtype != k::DType::kBF16 && kv_dtype != k::DType::kF16) {
-    return absl::InvalidArgumentError("snapkv: unknown KV dtype");
-  }
+  KVC_RETURN_IF_ERROR(CheckPoolKernel("snapkv", pool_kernel));
+  KVC_RETURN_IF_ERROR(CheckKvDtype("snapkv", kv_dtype));
   return absl::OkStatus();
 }
 

@@ -15,9 +15,8 @@ absl::Status TokenSelectOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("tokenselect: n_init ", n_init, " and n_local ", n_local, " must be >= 0, k ", k, " >= 1"));
   }
-  if (pool_kernel < 0 || (pool_kernel > 1 && pool_kernel % 2 == 0)) {
-    return absl::InvalidArgumentError(absl::StrCat("tokenselect: pool kernel ", pool_kernel, " must be 0, 1 or odd"));
-  }
+  KVC_RETURN_IF_ERROR(CheckPoolKernel("tokenselect", pool_kernel));
+  KVC_RETURN_IF_ERROR(CheckKvDtype("tokenselect", kv_dtype));
   if (!(theta >= -1.0f && theta <= 1.0f)) {
     return absl::InvalidArgumentError(absl::StrCat("tokenselect: theta ", theta, " not in [-1, 1]"));
   }
