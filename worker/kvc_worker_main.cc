@@ -75,8 +75,9 @@ constexpr char kUsage[] = R"(kvc-worker: run the model with a KV cache policy.
   kvc-worker passkey    [--filler=1024,4096 --trials=20 --policies=A;B --budgets=...]
   kvc-worker speed      [--contexts=1024,8192,32768 --policies=A;B --budgets=...]
 
-Policy specs: full | streaming[:sinks=4,window=W] | cascading[:sinks=4,subcaches=4,window=W,beta=0.999]
-(see worker/cache/policy_factory.h); budget=B sizes the window. The model and tokenizer default to the
+Policy specs (worker/cache/policy_factory.h): full | streaming | cascading | tokenselect | h2o | snapkv |
+refreshkv | less:inner=cascading|h2o|streaming, each with key=value options, e.g.
+cascading:sinks=4,subcaches=8,beta=0.999; budget=B sizes each policy to B tokens of KV per layer. The model and tokenizer default to the
 stories15M files scripts/setup.sh fetches (run from the repository root).)";
 
 struct Runtime {
