@@ -26,6 +26,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/allocator.h"
+#include "common/help_flags.h"
 #include "common/progress.h"
 #include "common/status_macros.h"
 #include "kernels/thread_pool.h"
@@ -68,7 +69,7 @@ using kvc::model::Checkpoint;
 using kvc::model::Tokenizer;
 using kvc::model::Transformer;
 
-constexpr char kUsage[] = R"(kvc-worker: run the model with a KV cache policy.
+constexpr char kUsage[] = R"(run the model with a KV cache policy.
 
   kvc-worker generate   [--prompt=TEXT --steps=N --temperature=T --top_p=P --policy=SPEC]
   kvc-worker perplexity [--text=moby|generated|FILE --tokens=N --policies=A;B --budgets=64,128 --stride=16]
@@ -331,6 +332,7 @@ absl::Status Speed() {
 int main(int argc, char** argv) {
   kvc::TuneAllocatorForLargeBuffers();
   absl::SetProgramUsageMessage(kUsage);
+  kvc::ShowFlagsOfFileInHelp("kvc_worker_main");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
     std::fprintf(stderr, "%s\n\nkvc-worker: expected one command (see --help)\n", kUsage);

@@ -18,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/allocator.h"
+#include "common/help_flags.h"
 #include "common/progress.h"
 #include "common/units.h"
 #include "worker/cache_client.h"
@@ -280,6 +281,7 @@ int main(int argc, char** argv) {
       "  pin      pin them in host memory for --lease_ms; prints the lease id\n"
       "  unpin    release --lease_id\n"
       "  demo     write 3x the host budget, read everything back, show the tiers");
+  kvc::ShowFlagsOfFileInHelp("kvcache_cli_main");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
     std::fprintf(stderr, "kvcache-cli: expected exactly one command; see --help\n");
