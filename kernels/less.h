@@ -26,9 +26,12 @@
 namespace kvc::kernels {
 
 // A non-negative feature map R^D -> R^R, strictly positive:
-//   f(x) = elu(w2 g(x) + b2) + 1,  g(x) = gelu(w1 x + b1) if hidden > 0, else x.
-// hidden = 0 is the fixed map (a projection); hidden > 0 is LESS's trained
+//   f(x) = act(w2 g(x) + b2 - sq_norm_coeff |x|^2),
+//   g(x) = gelu(w1 x + b1) if hidden > 0, else x,
+//   act = elu(.) + 1 (kEluPlusOne) or exp (kExp).
+// hidden = 0 is a fixed map (a projection); hidden > 0 is LESS's trained
 // two-layer MLP (GELU, tanh form). Weights are fp32, row-major.
+enum class FeatureActivation : uint8_t { kEluPlusOne = 0, kExp = 1 };
 struct FeatureMap {
   int32_t in_dim = 0;   // D
   int32_t hidden = 0;   // 0 = none
@@ -37,20 +40,35 @@ struct FeatureMap {
   const float* b1 = nullptr;  // [hidden]
   const float* w2 = nullptr;  // [R][hidden > 0 ? hidden : D]
   const float* b2 = nullptr;  // [R]
+  FeatureActivation activation = FeatureActivation::kEluPlusOne;
+  float sq_norm_coeff = 0.0f;  // >= 0; of the input x
 };
 
 // Owns the weights of a feature map (host memory).
 struct FeatureMapWeights {
   int32_t in_dim = 0, hidden = 0, out_dim = 0;
   std::vector<float> w1, b1, w2, b2;
+  FeatureActivation activation = FeatureActivation::kEluPlusOne;
+  float sq_norm_coeff = 0.0f;
   FeatureMap View() const {
     return FeatureMap{in_dim, hidden, out_dim, w1.empty() ? nullptr : w1.data(),
-                      b1.empty() ? nullptr : b1.data(), w2.data(), b2.data()};
+                      b1.empty() ? nullptr : b1.data(), w2.data(), b2.data(), activation, sq_norm_coeff};
   }
 };
 // The fixed map used without trained kernels: w2 ~ N(0, 1/D) from `seed`,
 // b2 = 0, no hidden layer.
 FeatureMapWeights RandomFeatureMap(int32_t head_dim, int32_t rank, uint64_t seed);
+// Positive random features (Performer's FAVOR+): f(x) = exp(w2 x - |x|^2 /
+// (2 sqrt(D)) - ln(R) / 2) with w2 ~ N(0, 1/sqrt(D)) from `seed`, so that
+// f(q) . f(k) is an unbiased estimate of exp(q . k / sqrt(D)), the softmax
+// weight the sparse part uses: the state then stands for the evicted
+// tokens' share of the softmax on the same scale.
+FeatureMapWeights PositiveRandomFeatureMap(int32_t head_dim, int32_t rank, uint64_t seed);
+
+// f(x) in fp64 on the host, exactly the reference's formula (for callers
+// that need phi outside the kernels, e.g. a combined normaliser).
+// x: [in_dim] host floats; returns [out_dim].
+std::vector<double> EvaluateFeatureMap(const FeatureMap& f, const float* x);
 
 // Per KV head: H [R][D] and z [R], fp32, zero-initialised by the caller.
 struct LessState {

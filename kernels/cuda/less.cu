@@ -44,6 +44,12 @@ __device__ void FeatureMapBlock(const FeatureMap& f, const float* x_s, double* h
     __syncthreads();
   }
   const int32_t cols = f.hidden > 0 ? f.hidden : f.in_dim;
+  double sq = 0.0;  // |x|^2, for the kExp map's shift
+  if (f.sq_norm_coeff != 0.0f) {
+    for (int32_t c = lane; c < f.in_dim; c += 32) sq += static_cast<double>(x_s[c]) * x_s[c];
+    sq = WarpSum(sq);
+  }
+  const double shift = static_cast<double>(f.sq_norm_coeff) * sq;
   for (int32_t r = warp; r < f.out_dim; r += warps) {
     const float* w = f.w2 + static_cast<int64_t>(r) * cols;
     double acc = 0.0;
@@ -53,7 +59,8 @@ __device__ void FeatureMapBlock(const FeatureMap& f, const float* x_s, double* h
       for (int32_t c = lane; c < cols; c += 32) acc += static_cast<double>(w[c]) * x_s[c];
     }
     acc = WarpSum(acc);
-    if (lane == 0) out[r] = EluPlusOne(acc + static_cast<double>(f.b2[r]));
+    const double y = acc + static_cast<double>(f.b2[r]) - shift;
+    if (lane == 0) out[r] = f.activation == FeatureActivation::kExp ? exp(y) : EluPlusOne(y);
   }
   __syncthreads();
 }

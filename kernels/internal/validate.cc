@@ -384,6 +384,12 @@ absl::Status CheckLessState(absl::string_view k, const LessState& s, const Featu
                                    s.head_dim, " -> ", s.rank));
   }
   if (f.hidden < 0) return Invalid(k, absl::StrCat(map, ".hidden must be >= 0, got ", f.hidden));
+  if (f.activation != FeatureActivation::kEluPlusOne && f.activation != FeatureActivation::kExp) {
+    return Invalid(k, absl::StrCat(map, ".activation: unknown value ", static_cast<int>(f.activation)));
+  }
+  if (!(f.sq_norm_coeff >= 0.0f) || !std::isfinite(f.sq_norm_coeff)) {
+    return Invalid(k, absl::StrCat(map, ".sq_norm_coeff must be finite and >= 0, got ", f.sq_norm_coeff));
+  }
   if (f.w2 == nullptr || f.b2 == nullptr) return Invalid(k, absl::StrCat(map, ".w2 or .b2 is null"));
   if (f.hidden > 0 && (f.w1 == nullptr || f.b1 == nullptr)) {
     return Invalid(k, absl::StrCat(map, ".w1 or .b1 is null with hidden = ", f.hidden));

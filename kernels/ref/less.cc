@@ -34,15 +34,19 @@ std::vector<double> Affine(const float* w, const float* b, const std::vector<dou
   return y;
 }
 
-// f(x) = elu(w2 g(x) + b2) + 1, g = gelu(w1 x + b1) or the identity. x: [in_dim].
+// f(x) = act(w2 g(x) + b2 - c |x|^2), g = gelu(w1 x + b1) or the identity
+// (less.h). x: [in_dim].
 std::vector<double> ApplyFeatureMap(const FeatureMap& f, const std::vector<double>& x) {
   std::vector<double> g = x;
   if (f.hidden > 0) {
     g = Affine(f.w1, f.b1, x, f.hidden);
     for (double& e : g) e = Gelu(e);
   }
+  double sq = 0.0;
+  for (double e : x) sq += e * e;
+  const double shift = static_cast<double>(f.sq_norm_coeff) * sq;
   std::vector<double> y = Affine(f.w2, f.b2, g, f.out_dim);
-  for (double& e : y) e = EluPlusOne(e);
+  for (double& e : y) e = f.activation == FeatureActivation::kExp ? std::exp(e - shift) : EluPlusOne(e - shift);
   return y;
 }
 
@@ -53,6 +57,10 @@ std::vector<double> LoadRow(const void* base, DType dtype, int64_t row, int32_t 
 }
 
 }  // namespace
+
+std::vector<double> EvaluateFeatureMapImpl(const FeatureMap& f, const float* x) {
+  return ApplyFeatureMap(f, std::vector<double>(x, x + f.in_dim));
+}
 
 absl::Status LessFold(const ExecContext& ctx, const LessFoldArgs& args) {
   const LessState& s = args.state;

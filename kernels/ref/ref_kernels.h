@@ -4,6 +4,8 @@
 #ifndef KVC_KERNELS_REF_REF_KERNELS_H_
 #define KVC_KERNELS_REF_REF_KERNELS_H_
 
+#include <vector>
+
 #include "absl/status/status.h"
 #include "kernels/attention.h"
 #include "kernels/cascade.h"
@@ -26,6 +28,8 @@ absl::Status LessCombine(const ExecContext& ctx, const LessCombineArgs& args);
 absl::Status Linear(const ExecContext& ctx, const LinearArgs& args);
 absl::Status RmsNorm(const ExecContext& ctx, const RmsNormArgs& args);
 absl::Status SwiGlu(const ExecContext& ctx, const SwiGluArgs& args);
+// less.h EvaluateFeatureMap.
+std::vector<double> EvaluateFeatureMapImpl(const FeatureMap& f, const float* x);
 
 }  // namespace kvc::kernels::ref
 

@@ -14,31 +14,6 @@ namespace k = ::kvc::kernels;
 
 namespace {
 
-// f(x) = elu(w2 g(x) + b2) + 1 (kernels/less.h), in fp64: elu + 1 as exp
-// below zero, g = gelu (tanh form) of w1 x + b1 or the identity.
-std::vector<double> ApplyFeatureMap(const k::FeatureMap& f, const float* x) {
-  std::vector<double> g(x, x + f.in_dim);
-  if (f.hidden > 0) {
-    std::vector<double> hid(f.hidden);
-    for (int32_t j = 0; j < f.hidden; ++j) {
-      double acc = f.b1[j];
-      for (int32_t c = 0; c < f.in_dim; ++c)
-        acc += static_cast<double>(f.w1[j * f.in_dim + c]) * x[c];
-      hid[j] =
-          0.5 * acc * (1.0 + std::tanh(0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)));
-    }
-    g.swap(hid);
-  }
-  const size_t cols = g.size();
-  std::vector<double> y(f.out_dim);
-  for (int32_t r = 0; r < f.out_dim; ++r) {
-    double acc = f.b2[r];
-    for (size_t c = 0; c < cols; ++c) acc += static_cast<double>(f.w2[r * cols + c]) * g[c];
-    y[r] = acc > 0.0 ? acc + 1.0 : std::exp(acc);
-  }
-  return y;
-}
-
 }  // namespace
 
 absl::Status LessOptions::Validate() const {
@@ -52,7 +27,8 @@ Less::Less(const model::ModelConfig& config, const LessOptions& options,
     : config_(config),
       options_(options),
       inner_(std::move(inner)),
-      map_(k::RandomFeatureMap(config.head_dim(), options.rank, options.seed)),
+      map_(options.positive_features ? k::PositiveRandomFeatureMap(config.head_dim(), options.rank, options.seed)
+                                     : k::RandomFeatureMap(config.head_dim(), options.rank, options.seed)),
       layers_(config.n_layers) {
   const size_t heads = config.n_kv_heads, r = options.rank;
   for (Layer& l : layers_) {
@@ -134,7 +110,7 @@ void Less::CombinedLse(const model::AttendArgs& a) const {
         a.lse[row] = static_cast<float>(lse);
         continue;
       }
-      const std::vector<double> f = ApplyFeatureMap(phi, a.q + row * d);
+      const std::vector<double> f = k::EvaluateFeatureMap(phi, a.q + row * d);
       double phi_z = 0.0;
       for (int32_t i = 0; i < r; ++i) phi_z += f[i] * z[i];
       const double low = std::log(std::max(phi_z, 1e-6));

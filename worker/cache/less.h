@@ -13,8 +13,9 @@
 // output is the inner policy's bit for bit.
 //
 // Feature maps: phi = psi = kernels::RandomFeatureMap(head_dim, rank, seed)
-// (elu(W x) + 1 with W ~ N(0, 1/D), no hidden layer) on the pre-RoPE q and
-// k; one map shared by every layer and head. Trained per-layer MLP kernels
+// (elu(W x) + 1 with W ~ N(0, 1/D), no hidden layer), or with map=exp
+// kernels::PositiveRandomFeatureMap, on the pre-RoPE q and k; one map
+// shared by every layer and head. Trained per-layer MLP kernels
 // (the paper's) are not loaded yet.
 //
 // args.lse, when requested, is the combined normaliser:
@@ -46,6 +47,10 @@ namespace kvc::cache {
 struct LessOptions {
   int32_t rank = 8;   // R: features per KV head, in [1, 256]
   uint64_t seed = 1;  // of the fixed random feature map
+  // false: elu(W x) + 1 (kernels::RandomFeatureMap); true: positive random
+  // features exp(W x - |x|^2 / (2 sqrt(D)) - ln(R)/2), an unbiased estimate of
+  // the softmax kernel (kernels::PositiveRandomFeatureMap).
+  bool positive_features = false;
   absl::Status Validate() const;
 };
 

@@ -117,6 +117,9 @@ absl::StatusOr<std::unique_ptr<CachePolicy>> MakeLess(const model::ModelConfig& 
   }
   KVC_RETURN_IF_ERROR(p.Int("rank", &o.rank));
   KVC_RETURN_IF_ERROR(p.Int("seed", &seed));
+  std::string map = "elu";
+  KVC_RETURN_IF_ERROR(p.Choice("map", {"elu", "exp"}, &map));
+  o.positive_features = map == "exp";
   if (seed < 0) return absl::InvalidArgumentError(absl::StrCat("policy \"", spec, "\": seed ", seed, " < 0"));
   o.seed = static_cast<uint64_t>(seed);
   const std::string rest = p.TakeRest();

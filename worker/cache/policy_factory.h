@@ -8,7 +8,7 @@
 //   snapkv:budget=256,window=64,kernel=5,positions=original|compact
 //   refreshkv:k=256,stride=10,threshold=0.9,mode=similarity|fixed,pool=7,
 //       positions=original|compact   (budget=B: K = B; worker/cache/refresh_kv.h)
-//   less:inner=cascading|h2o|streaming,rank=8,seed=1,...   (LESS on top of
+//   less:inner=cascading|h2o|streaming,rank=8,seed=1,map=elu|exp,...   (LESS on top of
 //       the inner policy, worker/cache/less.h; every other key, budget and
 //       kv included, is the inner policy's)
 // Every policy also takes kv=f32|bf16|f16. budget=B (tokens of KV per

@@ -49,7 +49,8 @@ float Gelu(float x) {                   // tanh form
   return 0.5f * x * (1.0f + std::tanh(c * (x + 0.044715f * x * x * x)));
 }
 
-// f(x) = elu(w2 g(x) + b2) + 1 (as exp below zero, see ref/less.cc).
+// f(x) = act(w2 g(x) + b2 - c |x|^2) (less.h; elu + 1 as exp below zero,
+// see ref/less.cc).
 // x: [in_dim]; hidden: [f.hidden] scratch; out: [out_dim].
 void ApplyFeatureMap(const FeatureMap& f, const float* x, float* hidden, float* out) {
   const float* g = x;
@@ -62,10 +63,11 @@ void ApplyFeatureMap(const FeatureMap& f, const float* x, float* hidden, float* 
     g = hidden;
     g_dim = f.hidden;
   }
+  const float shift = f.sq_norm_coeff != 0.0f ? f.sq_norm_coeff * Dot(x, x, f.in_dim) : 0.0f;
   for (int32_t r = 0; r < f.out_dim; ++r) {
-    const float y =
-        Dot(f.w2 + static_cast<int64_t>(r) * g_dim, g, g_dim) + (f.b2 != nullptr ? f.b2[r] : 0.0f);
-    out[r] = y > 0.0f ? y + 1.0f : std::exp(y);
+    const float y = Dot(f.w2 + static_cast<int64_t>(r) * g_dim, g, g_dim) + (f.b2 != nullptr ? f.b2[r] : 0.0f) -
+                    shift;
+    out[r] = f.activation == FeatureActivation::kExp ? std::exp(y) : (y > 0.0f ? y + 1.0f : std::exp(y));
   }
 }
 
