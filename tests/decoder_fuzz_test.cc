@@ -72,7 +72,9 @@ TEST(DecoderFuzzTest, BlockViewAgreesWithProtobuf) {
     ASSERT_TRUE(v.ok()) << "protobuf parsed what BlockView refused, case " << i;
     ++compared;
     EXPECT_EQ(v->has_key, p.has_key());
-    if (p.has_key()) EXPECT_EQ(v->key, BlockKey::FromProto(p.key()));
+    if (p.has_key()) {
+      EXPECT_EQ(v->key, BlockKey::FromProto(p.key()));
+    }
     EXPECT_EQ(v->dtype, p.dtype());
     EXPECT_EQ(v->block_tokens, p.block_tokens());
     EXPECT_EQ(v->num_kv_heads, p.num_kv_heads());
