@@ -91,4 +91,17 @@ std::vector<CpuVariant> CpuVariants() {
   return out;
 }
 
+std::vector<KernelPath> OptimisedKernelPaths() {
+  std::vector<KernelPath> paths;
+  for (const auto& v : CpuVariants()) paths.push_back({v.name, ExecContext{Backend::kCpu}, v.table});
+  paths.push_back({"cpu (public entry)", ExecContext{Backend::kCpu}, nullptr});
+  return paths;
+}
+
+std::vector<KernelPath> AllKernelPaths() {
+  std::vector<KernelPath> paths = OptimisedKernelPaths();
+  paths.insert(paths.begin(), kReferencePath);
+  return paths;
+}
+
 }  // namespace kvc::kernels::testing

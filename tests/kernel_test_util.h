@@ -43,6 +43,19 @@ struct CpuVariant {
 };
 std::vector<CpuVariant> CpuVariants();
 
+// One way to run the kernels: a table called directly (one ISA build), or
+// the public entry points (table == nullptr) on ctx.backend.
+struct KernelPath {
+  std::string name;
+  ExecContext ctx;
+  const internal::KernelTable* table = nullptr;
+};
+inline const KernelPath kReferencePath{"reference", ExecContext{Backend::kReference}, nullptr};
+// Every ISA build this CPU runs, then the public CPU entry points.
+std::vector<KernelPath> OptimisedKernelPaths();
+// The reference, then OptimisedKernelPaths().
+std::vector<KernelPath> AllKernelPaths();
+
 }  // namespace kvc::kernels::testing
 
 #endif  // KVC_TESTS_KERNEL_TEST_UTIL_H_

@@ -18,32 +18,13 @@
 namespace kvc::kernels {
 namespace {
 
-using testing::CpuVariants;
 using testing::DecodeToFloat;
 using testing::Encode;
 using testing::RandomFloats;
 using testing::RandomInts;
 
-// One way to run the kernels: a table called directly (one ISA build), or
-// the public entry points (table == nullptr) on ctx.backend.
-struct Path {
-  std::string name;
-  ExecContext ctx;
-  const internal::KernelTable* table = nullptr;
-};
-const Path kRefPath{"reference", ExecContext{Backend::kReference}, nullptr};
-std::vector<Path> OptimisedPaths() {
-  std::vector<Path> paths;
-  for (const auto& v : CpuVariants())
-    paths.push_back({v.name, ExecContext{Backend::kCpu}, v.table});
-  paths.push_back({"cpu (public entry)", ExecContext{Backend::kCpu}, nullptr});
-  return paths;
-}
-std::vector<Path> AllPaths() {
-  std::vector<Path> paths = OptimisedPaths();
-  paths.insert(paths.begin(), kRefPath);
-  return paths;
-}
+using Path = testing::KernelPath;
+using testing::kReferencePath;
 
 // A chunk of tokens to push: [n][Hkv][D] rows in the cache dtype.
 struct Chunk {
@@ -234,7 +215,7 @@ TEST(CascadeTest, HandTracedAppendCarryOverwriteDrop) {
     c.positions = {p};
     return c;
   };
-  for (const Path& path : AllPaths()) {
+  for (const Path& path : testing::AllKernelPaths()) {
     SCOPED_TRACE(path.name);
     Cache one_by_one(config, DType::kF32, kHeads, kDim),
         all_at_once(config, DType::kF32, kHeads, kDim);
@@ -301,7 +282,7 @@ TEST(CascadeTest, HandTracedAppendCarryOverwriteDrop) {
 TEST(CascadeTest, OneSubcacheIsStreamingLlm) {
   const CascadeConfig config{3, 1, 8};
   constexpr int32_t kHeads = 2, kDim = 4;
-  for (const Path& path : AllPaths()) {
+  for (const Path& path : testing::AllKernelPaths()) {
     SCOPED_TRACE(path.name);
     Cache cache(config, DType::kBF16, kHeads, kDim);
     std::vector<float> keys;  // every pushed key, [token][head][dim], after bf16
@@ -354,7 +335,7 @@ TEST(CascadeTest, SpanAndAgeOrder) {
           if (mode != 0) c.scores[h * n + j] = (mode == 1 ? 1.0f : -1.0f) * (seen + j);
         }
       }
-      cache.Push(kRefPath, c);
+      cache.Push(kReferencePath, c);
       seen += n;
       for (int32_t h = 0; h < kHeads; ++h) {
         int32_t newer_min = static_cast<int32_t>(seen);  // oldest entry of sub-cache i - 1
@@ -389,7 +370,7 @@ TEST(CascadeTest, OptimisedPathsEqualReferenceExactly) {
   const CascadeConfig config{4, 4, 8};
   constexpr int32_t kHeads = 3, kDim = 6;
   for (const DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
-    for (const Path& path : OptimisedPaths()) {
+    for (const Path& path : testing::OptimisedKernelPaths()) {
       SCOPED_TRACE(::testing::Message() << path.name << " " << DTypeName(dtype));
       Cache ref(config, dtype, kHeads, kDim), got(config, dtype, kHeads, kDim);
       int64_t seen = 0;
@@ -397,12 +378,12 @@ TEST(CascadeTest, OptimisedPathsEqualReferenceExactly) {
       sizes.insert(sizes.begin() + 3, {1, 1, 1});
       for (const int64_t n : sizes) {
         const Chunk c = RandomChunk(seen, n, kHeads, kDim, dtype, 500 + seen, /*score_levels=*/4);
-        const Evictions want = ref.Push(kRefPath, c);
+        const Evictions want = ref.Push(kReferencePath, c);
         ASSERT_TRUE(got.Push(path, c) == want) << "evictions differ after " << seen;
         seen += n;
         ASSERT_TRUE(got.SameContents(ref)) << "slots differ after " << seen;
         for (const bool original : {false, true}) {
-          const Gathered a = ref.Gather(kRefPath, original), b = got.Gather(path, original);
+          const Gathered a = ref.Gather(kReferencePath, original), b = got.Gather(path, original);
           ASSERT_EQ(a.indptr, b.indptr);
           ASSERT_EQ(a.indices, b.indices);
           ASSERT_EQ(a.positions, b.positions);
@@ -414,11 +395,11 @@ TEST(CascadeTest, OptimisedPathsEqualReferenceExactly) {
   Cache ref(config, DType::kF32, kHeads, kDim), got(config, DType::kF32, kHeads, kDim);
   for (int64_t seen = 0; seen < 400; seen += 40) {
     const Chunk c = RandomChunk(seen, 40, kHeads, kDim, DType::kF32, 900 + seen);
-    EXPECT_EQ(got.Push(OptimisedPaths().back(), c, false).count, ref.Push(kRefPath, c).count);
+    EXPECT_EQ(got.Push(testing::OptimisedKernelPaths().back(), c, false).count, ref.Push(kReferencePath, c).count);
   }
   EXPECT_TRUE(got.SameContents(ref));
   // An empty chunk changes nothing and reports no evictions.
-  for (const Path& path : AllPaths()) {
+  for (const Path& path : testing::AllKernelPaths()) {
     Cache pushed(config, DType::kF32, kHeads, kDim);
     pushed.Push(path, RandomChunk(0, 30, kHeads, kDim, DType::kF32, 950));
     EXPECT_EQ(pushed.Push(path, Chunk{}).count, std::vector<int32_t>(kHeads, 0)) << path.name;
@@ -503,7 +484,7 @@ TEST(CascadeTest, DenseAttentionWhileEverythingFits) {
               WithChunk(Gathered{std::vector<int32_t>(kHkv + 1, 0), {}, {}}, 0, 0, seen + m);
           // Cascade: a pool of the cache's slots followed by the chunk; the
           // queries and the chunk's keys at n + i, n == seen here.
-          const Gathered cached = cache.Gather(kRefPath, original);
+          const Gathered cached = cache.Gather(kReferencePath, original);
           ASSERT_EQ(cached.indptr.back(), kHkv * seen);
           std::vector<uint8_t> pool_k(static_cast<const uint8_t*>(cache.state().k),
                                       static_cast<const uint8_t*>(cache.state().k) + shape.bytes());
@@ -517,7 +498,7 @@ TEST(CascadeTest, DenseAttentionWhileEverythingFits) {
               << "chunk at " << seen;
           ++checked;
         }
-        cache.Push(kRefPath, c);
+        cache.Push(kReferencePath, c);
         seen += m;
       }
       EXPECT_EQ(checked, 6);  // the chunks at 0, 5, 6, 13, 16 and 28

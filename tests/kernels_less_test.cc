@@ -20,31 +20,12 @@
 namespace kvc::kernels {
 namespace {
 
-using testing::CpuVariants;
 using testing::Encode;
 using testing::RandomFloats;
 using testing::RelErrorByNorm;
 
-// One way to run the kernels: a table called directly (one ISA build), or
-// the public entry points (table == nullptr) on ctx.backend.
-struct Path {
-  std::string name;
-  ExecContext ctx;
-  const internal::KernelTable* table = nullptr;
-};
-const Path kRefPath{"reference", ExecContext{Backend::kReference}, nullptr};
-std::vector<Path> OptimisedPaths() {
-  std::vector<Path> paths;
-  for (const auto& v : CpuVariants())
-    paths.push_back({v.name, ExecContext{Backend::kCpu}, v.table});
-  paths.push_back({"cpu (public entry)", ExecContext{Backend::kCpu}, nullptr});
-  return paths;
-}
-std::vector<Path> AllPaths() {
-  std::vector<Path> paths = OptimisedPaths();
-  paths.insert(paths.begin(), kRefPath);
-  return paths;
-}
+using Path = testing::KernelPath;
+using testing::kReferencePath;
 
 // hidden = 0: the fixed map; -1: positive random features (kExp);
 // otherwise a GELU MLP with random weights.
@@ -136,7 +117,7 @@ TEST(LessTest, EmptyStateIsSparseAttentionExactly) {
     const std::vector<float> sparse = RandomFloats(kTokens * kHq * kD, 3);
     std::vector<float> lse = RandomFloats(kTokens * kHq, 4, 3.0f);
     lse[1] = -std::numeric_limits<float>::infinity();
-    for (const Path& path : AllPaths()) {
+    for (const Path& path : testing::AllKernelPaths()) {
       State s(kHkv, kR, kD);
       EXPECT_EQ(Combine(path, s, phi, q, sparse, lse, kHq), sparse) << path.name;
     }
@@ -192,7 +173,7 @@ TEST(LessTest, RecurrentFormEqualsParallelMaskedForm) {
         for (int32_t d = 0; d < kD; ++d) want.push_back(static_cast<float>(num[d] / den));
       }
     }
-    for (const Path& path : AllPaths()) {
+    for (const Path& path : testing::AllKernelPaths()) {
       SCOPED_TRACE(::testing::Message() << path.name << " hidden " << hidden);
       State state(kHkv, kR, kD);
       std::vector<float> got;
@@ -245,7 +226,7 @@ TEST(LessTest, StateDoesNotDependOnFoldOrder) {
   for (const int32_t hidden : {0, 24}) {
     const FeatureMapWeights psi = MakeMap(kD, kR, hidden, 22);
     for (const DType dtype : {DType::kF32, DType::kBF16}) {
-      for (const Path& path : AllPaths()) {
+      for (const Path& path : testing::AllKernelPaths()) {
         SCOPED_TRACE(::testing::Message()
                      << path.name << " hidden " << hidden << " " << DTypeName(dtype));
         State once(kHkv, kR, kD), reversed(kHkv, kR, kD);
@@ -321,7 +302,7 @@ TEST(LessTest, LargeInputsGiveFiniteBoundedOutputs) {
         sparse_lse[qh] = static_cast<float>(m + std::log(sum));
         sparse_lse[kHq + qh] = -INFINITY;
       }
-      for (const Path& path : AllPaths()) {
+      for (const Path& path : testing::AllKernelPaths()) {
         SCOPED_TRACE(::testing::Message()
                      << path.name << " hidden " << hidden << " scale " << scale);
         State state(kHkv, kR, kD);
@@ -385,10 +366,10 @@ TEST(LessTest, OptimisedPathsMatchReference) {
       for (int call = 0; call < 2; ++call) {
         ks.push_back(Encode(dtype, RandomFloats(kHkv * kMax * kD, 45 + call)));
         vs.push_back(Encode(dtype, RandomFloats(kHkv * kMax * kD, 47 + call)));
-        Fold(kRefPath, want, psi, dtype, ks[call], vs[call], kMax, counts[call]);
+        Fold(kReferencePath, want, psi, dtype, ks[call], vs[call], kMax, counts[call]);
       }
-      const std::vector<float> want_out = Combine(kRefPath, want, phi, q, sparse, lse, kHq);
-      for (const Path& path : OptimisedPaths()) {
+      const std::vector<float> want_out = Combine(kReferencePath, want, phi, q, sparse, lse, kHq);
+      for (const Path& path : testing::OptimisedKernelPaths()) {
         SCOPED_TRACE(::testing::Message()
                      << path.name << " hidden " << hidden << " " << DTypeName(dtype));
         State got(kHkv, kR, kD);
