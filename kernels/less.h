@@ -89,6 +89,11 @@ struct LessFoldArgs {
   const void* v = nullptr;        // [Hkv][max_tokens][D]
   int64_t max_tokens = 0;
   const int32_t* count = nullptr; // [Hkv], each <= max_tokens; nullptr = max_tokens for all
+  // Removes the tokens instead (H -= psi(k)^T v, z -= psi(k)): tokens folded
+  // before that a policy now attends exactly (worker/cache/combined.h). The
+  // state is linear in its tokens, so a fold and an unfold of the same rows
+  // cancel up to fp32 rounding of the state.
+  bool subtract = false;
 };
 absl::Status LessFold(const ExecContext& ctx, const LessFoldArgs& args);
 

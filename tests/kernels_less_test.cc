@@ -82,8 +82,8 @@ struct State {
 
 void Fold(const Path& path, State& s, const FeatureMapWeights& psi, DType dtype,
           const std::vector<uint8_t>& k, const std::vector<uint8_t>& v, int64_t max_tokens,
-          const int32_t* count) {
-  const LessFoldArgs a{s.view, psi.View(), dtype, k.data(), v.data(), max_tokens, count};
+          const int32_t* count, bool subtract = false) {
+  const LessFoldArgs a{s.view, psi.View(), dtype, k.data(), v.data(), max_tokens, count, subtract};
   const absl::Status st =
       path.table == nullptr ? LessFold(path.ctx, a) : path.table->less_fold(path.ctx, a);
   ASSERT_TRUE(st.ok()) << path.name << ": " << st;
@@ -253,6 +253,39 @@ TEST(LessTest, StateDoesNotDependOnFoldOrder) {
         EXPECT_LT(RelErrorByNorm(reversed.z, once.z), 1e-6);
         EXPECT_GT(*std::min_element(once.z.begin(), once.z.end()), 0.0f);
       }
+    }
+  }
+}
+
+// Unfolding (subtract) removes exactly what a fold of the same rows added:
+// fold A, fold B, unfold B equals fold A alone, on every path, up to the
+// fp32 rounding of the state per call (three calls; tolerance 1e-6 by norm
+// of the state, measured below 2e-7). Unfolding every row of a head brings
+// it back to (near) zero.
+TEST(LessTest, UnfoldCancelsFold) {
+  constexpr int32_t kHkv = 2, kD = 24, kR = 8, kN = 30;
+  const std::vector<float> ka = RandomFloats(kHkv * kN * kD, 40), va = RandomFloats(kHkv * kN * kD, 41);
+  const std::vector<float> kb = RandomFloats(kHkv * kN * kD, 42), vb = RandomFloats(kHkv * kN * kD, 43);
+  for (const int32_t hidden : {0, -1, 16}) {
+    const FeatureMapWeights psi = MakeMap(kD, kR, hidden, 44);
+    for (const Path& path : testing::AllKernelPaths()) {
+      SCOPED_TRACE(::testing::Message() << path.name << " hidden " << hidden);
+      State want(kHkv, kR, kD), got(kHkv, kR, kD);
+      Fold(path, want, psi, DType::kF32, Encode(DType::kF32, ka), Encode(DType::kF32, va), kN, nullptr);
+      Fold(path, got, psi, DType::kF32, Encode(DType::kF32, ka), Encode(DType::kF32, va), kN, nullptr);
+      Fold(path, got, psi, DType::kF32, Encode(DType::kF32, kb), Encode(DType::kF32, vb), kN, nullptr);
+      Fold(path, got, psi, DType::kF32, Encode(DType::kF32, kb), Encode(DType::kF32, vb), kN, nullptr,
+           /*subtract=*/true);
+      EXPECT_LT(RelErrorByNorm(got.h, want.h), 1e-6);
+      EXPECT_LT(RelErrorByNorm(got.z, want.z), 1e-6);
+      Fold(path, got, psi, DType::kF32, Encode(DType::kF32, ka), Encode(DType::kF32, va), kN, nullptr,
+           /*subtract=*/true);
+      float zmax = 0.0f, wmax = 0.0f;
+      for (size_t i = 0; i < got.z.size(); ++i) {
+        zmax = std::max(zmax, std::fabs(got.z[i]));
+        wmax = std::max(wmax, std::fabs(want.z[i]));
+      }
+      EXPECT_LT(zmax, 1e-6f * wmax);
     }
   }
 }

@@ -80,7 +80,7 @@ struct FoldSmem {
 
 __global__ void __launch_bounds__(kFoldThreads)
     LessFoldKernel(LessState state, FeatureMap psi, DType dtype, const void* k, const void* v,
-                   int64_t max_tokens, const int32_t* count) {
+                   int64_t max_tokens, const int32_t* count, double sign) {
   const int32_t h = blockIdx.x, rank = state.rank, dim = state.head_dim;
   const FoldSmem L(rank, dim, psi.hidden);
   extern __shared__ __align__(16) unsigned char smem[];
@@ -122,10 +122,10 @@ __global__ void __launch_bounds__(kFoldThreads)
   float* state_h = state.h + static_cast<int64_t>(h) * rank * dim;
   float* state_z = state.z + static_cast<int64_t>(h) * rank;
   for (int32_t e = threadIdx.x; e < rank * dim; e += blockDim.x) {
-    state_h[e] = static_cast<float>(static_cast<double>(state_h[e]) + acc_h[e]);
+    state_h[e] = static_cast<float>(static_cast<double>(state_h[e]) + sign * acc_h[e]);
   }
   for (int32_t r = threadIdx.x; r < rank; r += blockDim.x) {
-    state_z[r] = static_cast<float>(static_cast<double>(state_z[r]) + acc_z[r]);
+    state_z[r] = static_cast<float>(static_cast<double>(state_z[r]) + sign * acc_z[r]);
   }
 }
 
@@ -193,7 +193,8 @@ absl::Status LessFold(const ExecContext& ctx, const LessFoldArgs& a) {
     return s;
   }
   LessFoldKernel<<<static_cast<unsigned>(a.state.num_kv_heads), kFoldThreads, smem,
-                   StreamOf(ctx)>>>(a.state, a.psi, a.dtype, a.k, a.v, a.max_tokens, a.count);
+                   StreamOf(ctx)>>>(a.state, a.psi, a.dtype, a.k, a.v, a.max_tokens, a.count,
+                   a.subtract ? -1.0 : 1.0);
   return LaunchStatus("LessFoldKernel");
 }
 

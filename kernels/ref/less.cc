@@ -81,10 +81,11 @@ absl::Status LessFold(const ExecContext& ctx, const LessFoldArgs& args) {
     }
     float* state_h = s.h + static_cast<size_t>(h) * R * D;
     float* state_z = s.z + static_cast<size_t>(h) * R;
+    const double sign = args.subtract ? -1.0 : 1.0;
     for (int32_t r = 0; r < R; ++r) {
-      state_z[r] = static_cast<float>(state_z[r] + z_sum[r]);
+      state_z[r] = static_cast<float>(state_z[r] + sign * z_sum[r]);
       for (int32_t d = 0; d < D; ++d) {
-        state_h[r * D + d] = static_cast<float>(state_h[r * D + d] + h_sum[r * D + d]);
+        state_h[r * D + d] = static_cast<float>(state_h[r * D + d] + sign * h_sum[r * D + d]);
       }
     }
   }

@@ -12,10 +12,6 @@ namespace kvc::cache {
 
 namespace k = ::kvc::kernels;
 
-namespace {
-
-}  // namespace
-
 absl::Status LessOptions::Validate() const {
   if (rank < 1 || rank > 256)
     return absl::InvalidArgumentError(absl::StrCat("less: rank ", rank, " not in [1, 256]"));
@@ -72,7 +68,10 @@ absl::Status Less::Attend(const k::ExecContext& ctx, const model::AttendArgs& a)
   c.num_q_heads = config_.n_heads;
   c.out = a.out;
   KVC_RETURN_IF_ERROR(k::LessCombine(ctx, c));
-  if (a.lse != nullptr) CombinedLse(a);
+  if (a.lse != nullptr) {
+    LessCombinedLse(map_.View(), layers_[a.layer].z.data(), options_.rank, config_, a.q, sparse_lse_.data(),
+                    a.num_tokens, a.lse);
+  }
 
   const Evictions* ev = inner_->last_evictions();
   if (ev == nullptr) return absl::OkStatus();
@@ -96,26 +95,25 @@ absl::Status Less::Attend(const k::ExecContext& ctx, const model::AttendArgs& a)
   return absl::OkStatus();
 }
 
-void Less::CombinedLse(const model::AttendArgs& a) const {
-  const int32_t hq = config_.n_heads, d = config_.head_dim(), r = options_.rank;
-  const int32_t group = hq / config_.n_kv_heads;
-  const Layer& l = layers_[a.layer];
-  const k::FeatureMap phi = map_.View();
-  for (int64_t t = 0; t < a.num_tokens; ++t) {
+void LessCombinedLse(const k::FeatureMap& phi, const float* z_all, int32_t rank, const model::ModelConfig& config,
+                     const float* q, const float* sparse_lse, int64_t num_tokens, float* lse) {
+  const int32_t hq = config.n_heads, d = config.head_dim();
+  const int32_t group = hq / config.n_kv_heads;
+  for (int64_t t = 0; t < num_tokens; ++t) {
     for (int32_t qh = 0; qh < hq; ++qh) {
       const size_t row = static_cast<size_t>(t) * hq + qh;
-      const float* z = l.z.data() + static_cast<size_t>(qh / group) * r;
-      const double lse = sparse_lse_[row];
-      if (std::all_of(z, z + r, [](float x) { return x == 0.0f; })) {
-        a.lse[row] = static_cast<float>(lse);
+      const float* z = z_all + static_cast<size_t>(qh / group) * rank;
+      const double sparse = sparse_lse[row];
+      if (std::all_of(z, z + rank, [](float x) { return x == 0.0f; })) {
+        lse[row] = static_cast<float>(sparse);
         continue;
       }
-      const std::vector<double> f = k::EvaluateFeatureMap(phi, a.q + row * d);
+      const std::vector<double> f = k::EvaluateFeatureMap(phi, q + row * d);
       double phi_z = 0.0;
-      for (int32_t i = 0; i < r; ++i) phi_z += f[i] * z[i];
+      for (int32_t i = 0; i < rank; ++i) phi_z += f[i] * z[i];
       const double low = std::log(std::max(phi_z, 1e-6));
-      const double m = std::max(lse, low);
-      a.lse[row] = static_cast<float>(m + std::log(std::exp(lse - m) + std::exp(low - m)));
+      const double m = std::max(sparse, low);
+      lse[row] = static_cast<float>(m + std::log(std::exp(sparse - m) + std::exp(low - m)));
     }
   }
 }

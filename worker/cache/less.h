@@ -54,6 +54,14 @@ struct LessOptions {
   absl::Status Validate() const;
 };
 
+// The combined normaliser of sparse attention and a LESS state, per row
+// (token, query head): log(exp(sparse_lse) + max(phi(q) z, 1e-6)), or
+// sparse_lse where the head's z is all zero; phi in fp64
+// (kernels::EvaluateFeatureMap). z: [Hkv][rank]; q: [num_tokens][Hq][D].
+void LessCombinedLse(const kernels::FeatureMap& phi, const float* z, int32_t rank,
+                     const model::ModelConfig& config, const float* q, const float* sparse_lse,
+                     int64_t num_tokens, float* lse);
+
 class Less : public CachePolicy {
  public:
   // `inner` decides what stays resident; it should report its evictions
@@ -83,8 +91,6 @@ class Less : public CachePolicy {
   Less(const model::ModelConfig& config, const LessOptions& options,
        std::unique_ptr<CachePolicy> inner);
   kernels::LessState State(int32_t layer);
-  // args.lse of the combined attention, from sparse_lse_ and the state.
-  void CombinedLse(const model::AttendArgs& a) const;
 
   model::ModelConfig config_;
   LessOptions options_;

@@ -9,6 +9,7 @@
 #include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "worker/cache/cascading.h"
+#include "worker/cache/combined.h"
 #include "worker/cache/full_attention.h"
 #include "worker/cache/h2o.h"
 #include "worker/cache/less.h"
@@ -133,10 +134,54 @@ absl::StatusOr<std::unique_ptr<CachePolicy>> MakeLess(const model::ModelConfig& 
   return std::unique_ptr<CachePolicy>(std::move(l));
 }
 
+// combined:sinks=4,subcaches=4,window=W,beta=B,k=K,theta=T,pool=P,
+//   less=on|off,rank=R,seed=S,map=elu|exp,
+//   refresh=similarity|fixed|off,stride=S,threshold=T,refresh_pool=P
+// budget=B: half the budget hot (sinks + the largest window of whole
+// sub-caches), the rest selected.
+absl::StatusOr<std::unique_ptr<CachePolicy>> MakeCombined(const model::ModelConfig& config, Params& p,
+                                                          kernels::DType kv) {
+  CombinedOptions o;
+  o.hot.kv_dtype = kv;
+  KVC_RETURN_IF_ERROR(p.Int("sinks", &o.hot.num_sinks));
+  KVC_RETURN_IF_ERROR(p.Int("subcaches", &o.hot.num_subcaches));
+  KVC_RETURN_IF_ERROR(p.Float("beta", &o.hot.beta));
+  int32_t budget = 0;
+  KVC_RETURN_IF_ERROR(p.Int("budget", &budget));
+  if (budget > 0) {
+    const int32_t c = std::max(1, o.hot.num_subcaches);
+    o.hot.window = std::max(c, (budget / 2 - o.hot.num_sinks) / c * c);
+    o.select_k = std::max(0, budget - o.hot.num_sinks - o.hot.window);
+  }
+  KVC_RETURN_IF_ERROR(p.Int("window", &o.hot.window));
+  KVC_RETURN_IF_ERROR(p.Int("k", &o.select_k));
+  KVC_RETURN_IF_ERROR(p.Float("theta", &o.theta));
+  KVC_RETURN_IF_ERROR(p.Int("pool", &o.select_pool));
+  std::string less = "on", map = "elu", refresh = "similarity";
+  KVC_RETURN_IF_ERROR(p.Choice("less", {"on", "off"}, &less));
+  o.less = less == "on";
+  KVC_RETURN_IF_ERROR(p.Int("rank", &o.less_options.rank));
+  int32_t seed = static_cast<int32_t>(o.less_options.seed);
+  KVC_RETURN_IF_ERROR(p.Int("seed", &seed));
+  if (seed < 0) return absl::InvalidArgumentError(absl::StrCat("combined: seed ", seed, " < 0"));
+  o.less_options.seed = static_cast<uint64_t>(seed);
+  KVC_RETURN_IF_ERROR(p.Choice("map", {"elu", "exp"}, &map));
+  o.less_options.positive_features = map == "exp";
+  KVC_RETURN_IF_ERROR(p.Choice("refresh", {"similarity", "fixed", "off"}, &refresh));
+  o.refresh = refresh != "off";
+  o.refresh_options.mode = refresh == "fixed" ? RefreshMode::kFixed : RefreshMode::kSimilarity;
+  KVC_RETURN_IF_ERROR(p.Int("stride", &o.refresh_options.stride));
+  KVC_RETURN_IF_ERROR(p.Float("threshold", &o.refresh_options.threshold));
+  KVC_RETURN_IF_ERROR(p.Int("refresh_pool", &o.refresh_options.pool_kernel));
+  KVC_RETURN_IF_ERROR(p.Finish());
+  KVC_ASSIGN_OR_RETURN(std::unique_ptr<Combined> c, Combined::Create(config, o));
+  return std::unique_ptr<CachePolicy>(std::move(c));
+}
+
 }  // namespace
 
 std::vector<std::string> PolicyNames() {
-  return {"full", "streaming", "cascading", "tokenselect", "h2o", "snapkv", "less", "refreshkv"};
+  return {"full", "streaming", "cascading", "tokenselect", "h2o", "snapkv", "less", "refreshkv", "combined"};
 }
 
 absl::StatusOr<std::unique_ptr<CachePolicy>> MakePolicy(const model::ModelConfig& config, const std::string& spec) {
@@ -228,6 +273,8 @@ absl::StatusOr<std::unique_ptr<CachePolicy>> MakePolicy(const model::ModelConfig
     KVC_ASSIGN_OR_RETURN(std::unique_ptr<SnapKv> s, SnapKv::Create(config, o));
     return std::unique_ptr<CachePolicy>(std::move(s));
   }
+  if (name == "combined") return MakeCombined(config, p, kv);
+
   if (name == "refreshkv") {
     RefreshKvOptions o;
     o.kv_dtype = kv;

@@ -11,6 +11,11 @@
 //   less:inner=cascading|h2o|streaming,rank=8,seed=1,map=elu|exp,...   (LESS on top of
 //       the inner policy, worker/cache/less.h; every other key, budget and
 //       kv included, is the inner policy's)
+//   combined:sinks=4,subcaches=4,window=256,beta=0.999,k=128,theta=0.9,pool=0,
+//       less=on|off,rank=8,seed=1,map=elu|exp,
+//       refresh=similarity|fixed|off,stride=10,threshold=0.9,refresh_pool=7
+//       (cascading hot set + LESS + TokenSelect + RefreshKV,
+//       worker/cache/combined.h; budget=B: half hot, the rest selected)
 // Every policy also takes kv=f32|bf16|f16. budget=B (tokens of KV per
 // layer) sets the window of streaming and cascading to the largest multiple
 // of the sub-caches that fits beside the sinks; for tokenselect it sets

@@ -111,9 +111,10 @@ void FoldHead(const LessFoldArgs& args, int32_t h) {
   }
   float* state_h = s.h + static_cast<size_t>(h) * R * D;
   float* state_z = s.z + static_cast<size_t>(h) * R;
-  for (int32_t r = 0; r < R; ++r) state_z[r] = static_cast<float>(state_z[r] + z_sum[r]);
+  const double sign = args.subtract ? -1.0 : 1.0;
+  for (int32_t r = 0; r < R; ++r) state_z[r] = static_cast<float>(state_z[r] + sign * z_sum[r]);
   for (int64_t e = 0; e < static_cast<int64_t>(R) * D; ++e) {
-    state_h[e] = static_cast<float>(state_h[e] + h_sum[e]);
+    state_h[e] = static_cast<float>(state_h[e] + sign * h_sum[e]);
   }
 }
 
