@@ -284,50 +284,60 @@ TEST(CombinedTest, LessStateHoldsExactlyTheUnselectedEvictedTokens) {
 }
 
 // Fixed stride 1: every decode step once tokens have been evicted is a full
-// step, whose output is full attention (at original positions) and whose
-// selection is the k candidates with the highest probability (max over
-// every query head; pooling off).
-TEST(CombinedTest, FullStepsAreFullAttentionAndReselect) {
+// step, which re-selects the k candidates with the highest probability
+// (max over every query head; pooling off) and whose output is full
+// attention (at original positions), or with refresh_output=hot the
+// formula over the hot set and that new selection.
+TEST(CombinedTest, FullStepsReselectAndAttendEverythingOrTheRebuiltSet) {
   const std::vector<Call> calls = Calls(30, 4);
   for (const kernels::Backend backend : kBackends) {
-    const kernels::ExecContext ctx{backend};
-    auto p = MakeCombined("combined:sinks=2,subcaches=2,window=8,k=4,refresh=fixed,stride=1,refresh_pool=1");
-    FullAttention full(Config(), kernels::DType::kF32);
-    History hist;
-    int64_t checked = 0;
-    for (const Call& c : calls) {
-      const std::vector<std::vector<int32_t>> hot = HotSets(*p, c.layer);
-      hist.Add(c);
-      const Result got = Attend(ctx, *p, c), want = Attend(ctx, full, c);
-      if (c.n != 1) continue;
-      ++checked;
-      EXPECT_LT(RelErrorByNorm(got.out, want.out), 1e-5) << "layer " << c.layer << " at " << c.first_position;
-      // The probabilities of this query over the past, max over query heads.
-      const int64_t past = c.first_position;
-      std::vector<std::pair<double, int32_t>> ranked;
-      for (int64_t t = 0; t < past; ++t) {
-        bool candidate = false;
-        for (int32_t h = 0; h < kHkv; ++h) candidate |= !std::count(hot[h].begin(), hot[h].end(), t);
-        if (!candidate) continue;
-        double best = 0;
-        for (int32_t qh = 0; qh < kHq; ++qh) {
-          const int32_t h = qh / kGroup;
-          const std::vector<double> q = Rotated(&c.q[qh * kD], past);
-          double sum = 0;
-          for (int64_t u = 0; u <= past; ++u) sum += std::exp(Dot(q, Rotated(hist.K(c.layer, u, h), u)) / 4.0);
-          best = std::max(best, std::exp(Dot(q, Rotated(hist.K(c.layer, t, h), t)) / 4.0) / sum);
+    for (const bool hot_output : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "backend " << static_cast<int>(backend) << " hot " << hot_output);
+      const kernels::ExecContext ctx{backend};
+      auto p = MakeCombined(absl::StrCat("combined:sinks=2,subcaches=2,window=8,k=4,refresh=fixed,stride=1,",
+                                         "refresh_pool=1,refresh_output=", hot_output ? "hot" : "full"));
+      FullAttention full(Config(), kernels::DType::kF32);
+      History hist;
+      int64_t checked = 0;
+      for (const Call& c : calls) {
+        const std::vector<std::vector<int32_t>> hot = HotSets(*p, c.layer);
+        hist.Add(c);
+        const Result got = Attend(ctx, *p, c), want = Attend(ctx, full, c);
+        if (c.n != 1) continue;
+        ++checked;
+        if (hot_output) {
+          const std::vector<float> formula = Expected(c, hist, hot, p->selection(c.layer), &p->feature_map());
+          EXPECT_LT(RelErrorByNorm(got.out, formula), 2e-5) << "layer " << c.layer << " at " << c.first_position;
+        } else {
+          EXPECT_LT(RelErrorByNorm(got.out, want.out), 1e-5) << "layer " << c.layer << " at " << c.first_position;
         }
-        ranked.push_back({-best, static_cast<int32_t>(t)});
+        // The probabilities of this query over the past, max over query heads.
+        const int64_t past = c.first_position;
+        std::vector<std::pair<double, int32_t>> ranked;
+        for (int64_t t = 0; t < past; ++t) {
+          bool candidate = false;
+          for (int32_t h = 0; h < kHkv; ++h) candidate |= !std::count(hot[h].begin(), hot[h].end(), t);
+          if (!candidate) continue;
+          double best = 0;
+          for (int32_t qh = 0; qh < kHq; ++qh) {
+            const int32_t h = qh / kGroup;
+            const std::vector<double> q = Rotated(&c.q[qh * kD], past);
+            double sum = 0;
+            for (int64_t u = 0; u <= past; ++u) sum += std::exp(Dot(q, Rotated(hist.K(c.layer, u, h), u)) / 4.0);
+            best = std::max(best, std::exp(Dot(q, Rotated(hist.K(c.layer, t, h), t)) / 4.0) / sum);
+          }
+          ranked.push_back({-best, static_cast<int32_t>(t)});
+        }
+        std::sort(ranked.begin(), ranked.end());
+        std::vector<int32_t> top;
+        for (size_t i = 0; i < std::min<size_t>(4, ranked.size()); ++i) top.push_back(ranked[i].second);
+        std::sort(top.begin(), top.end());
+        EXPECT_EQ(p->selection(c.layer), top) << "layer " << c.layer << " at " << c.first_position;
       }
-      std::sort(ranked.begin(), ranked.end());
-      std::vector<int32_t> top;
-      for (size_t i = 0; i < std::min<size_t>(4, ranked.size()); ++i) top.push_back(ranked[i].second);
-      std::sort(top.begin(), top.end());
-      EXPECT_EQ(p->selection(c.layer), top) << "layer " << c.layer << " at " << c.first_position;
+      EXPECT_EQ(checked, 2 * 30);
+      EXPECT_EQ(p->full_steps(), 2 * 30);
+      if (!hot_output) EXPECT_EQ(p->stats().attended_last_step, full.stats().attended_last_step);
     }
-    EXPECT_EQ(checked, 2 * 30);
-    EXPECT_EQ(p->full_steps(), 2 * 30);
-    EXPECT_EQ(p->stats().attended_last_step, full.stats().attended_last_step);
   }
 }
 

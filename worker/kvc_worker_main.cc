@@ -77,7 +77,7 @@ constexpr char kUsage[] = R"(run the model with a KV cache policy.
   kvc-worker speed      [--contexts=1024,8192,32768 --policies=A;B --budgets=...]
 
 Policy specs (worker/cache/policy_factory.h): full | streaming | cascading | tokenselect | h2o | snapkv |
-refreshkv | less:inner=cascading|h2o|streaming, each with key=value options, e.g.
+refreshkv | combined | less:inner=cascading|h2o|streaming, each with key=value options, e.g.
 cascading:sinks=4,subcaches=8,beta=0.999; budget=B sizes each policy to B tokens of KV per layer. The model and tokenizer default to the
 stories15M files scripts/setup.sh fetches (run from the repository root).)";
 

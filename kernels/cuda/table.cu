@@ -24,6 +24,8 @@ absl::StatusOr<const KernelTable*> CudaKernels() {
       cuda::Linear,
       cuda::RmsNorm,
       cuda::SwiGlu,
+      cuda::QuestUpdatePages,
+      cuda::QuestSelect,
   };
   return &table;
 }

@@ -1,6 +1,6 @@
 // The dispatch seam: one table of kernel implementations per backend. The
 // public entry points (attention.cc, token_select.cc, cascade.cc, less.cc,
-// dense.cc)
+// dense.cc, quest.cc)
 // validate arguments once (internal/validate.h) and call the table of the
 // backend named in the ExecContext; implementations may assume valid
 // arguments.
@@ -13,6 +13,7 @@
 #include "kernels/cascade.h"
 #include "kernels/dense.h"
 #include "kernels/less.h"
+#include "kernels/quest.h"
 #include "kernels/token_select.h"
 
 namespace kvc::kernels::internal {
@@ -32,6 +33,8 @@ struct KernelTable {
   absl::Status (*linear)(const ExecContext&, const LinearArgs&);
   absl::Status (*rms_norm)(const ExecContext&, const RmsNormArgs&);
   absl::Status (*swiglu)(const ExecContext&, const SwiGluArgs&);
+  absl::Status (*quest_update)(const ExecContext&, const QuestUpdateArgs&);
+  absl::Status (*quest_select)(const ExecContext&, const QuestSelectArgs&);
 };
 
 // kernels/ref: the specification.

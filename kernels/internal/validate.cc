@@ -434,6 +434,81 @@ absl::Status ValidateLessCombine(const LessCombineArgs& a) {
                         {"state.h", a.state.h, static_cast<size_t>(a.state.num_kv_heads) * a.state.rank * a.state.head_dim * 4}});
 }
 
+namespace {
+// The metadata view (shape and pointers); `pages_needed` must fit its capacity.
+absl::Status CheckQuestMeta(absl::string_view k, const QuestMeta& m, int64_t pages_needed) {
+  if (m.num_kv_heads <= 0) return Invalid(k, absl::StrCat("meta.num_kv_heads must be > 0, got ", m.num_kv_heads));
+  if (m.head_dim <= 0 || m.head_dim > 1024) {
+    return Invalid(k, absl::StrCat("meta.head_dim must be in [1, 1024], got ", m.head_dim));
+  }
+  if (m.page_size <= 0) return Invalid(k, absl::StrCat("meta.page_size must be > 0, got ", m.page_size));
+  if (m.max_pages < 0) return Invalid(k, absl::StrCat("meta.max_pages must be >= 0, got ", m.max_pages));
+  if (pages_needed > m.max_pages) {
+    return Invalid(k, absl::StrCat("meta.max_pages (", m.max_pages, ") is below the ", pages_needed, " pages needed"));
+  }
+  if (pages_needed > 0 && (m.min == nullptr || m.max == nullptr)) return Invalid(k, "meta.min or meta.max is null");
+  const size_t bytes = static_cast<size_t>(m.max_pages) * m.num_kv_heads * m.head_dim * 4;
+  if (Overlap({"meta.min", m.min, bytes}, {"meta.max", m.max, bytes})) return Invalid(k, "meta.min and meta.max overlap");
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::Status ValidateQuestUpdate(const QuestUpdateArgs& a) {
+  constexpr absl::string_view k = "QuestUpdatePages";
+  KVC_RETURN_IF_ERROR(CheckPool(k, a.pool, /*needs_v=*/false));
+  KVC_RETURN_IF_ERROR(CheckRope(k, a.rope, a.pool.head_dim));
+  if (a.num_tokens < 0 || a.num_tokens > a.pool.num_slots()) {
+    return Invalid(k, absl::StrCat("num_tokens (", a.num_tokens, ") is outside [0, ", a.pool.num_slots(),
+                                   "] (the pool's slots)"));
+  }
+  if (a.first_new < 0 || a.first_new > a.num_tokens) {
+    return Invalid(k, absl::StrCat("first_new (", a.first_new, ") is outside [0, num_tokens = ", a.num_tokens, "]"));
+  }
+  if (a.meta.num_kv_heads != a.pool.num_kv_heads || a.meta.head_dim != a.pool.head_dim) {
+    return Invalid(k, absl::StrCat("meta has ", a.meta.num_kv_heads, " heads of dim ", a.meta.head_dim,
+                                   " but the pool ", a.pool.num_kv_heads, " of dim ", a.pool.head_dim));
+  }
+  const int64_t page = a.meta.page_size > 0 ? a.meta.page_size : 1;
+  KVC_RETURN_IF_ERROR(CheckQuestMeta(k, a.meta, (a.num_tokens + page - 1) / page));
+  const size_t bytes = static_cast<size_t>(a.meta.max_pages) * a.meta.num_kv_heads * a.meta.head_dim * 4;
+  return CheckDisjoint(k, {{"meta.min", a.meta.min, bytes}, {"meta.max", a.meta.max, bytes}},
+                       {{"pool.k", a.pool.k, a.pool.bytes()}});
+}
+
+absl::Status ValidateQuestSelect(const QuestSelectArgs& a, Backend backend) {
+  constexpr absl::string_view k = "QuestSelect";
+  KVC_RETURN_IF_ERROR(CheckHeads(k, a.num_q_heads, a.meta.num_kv_heads));
+  KVC_RETURN_IF_ERROR(CheckRope(k, a.rope, a.meta.head_dim));
+  if (a.q_position < 0) return Invalid(k, absl::StrCat("q_position must be >= 0, got ", a.q_position));
+  if (a.num_pages < 1) return Invalid(k, absl::StrCat("num_pages must be >= 1, got ", a.num_pages));
+  if (a.num_pages > (int64_t{1} << 31) - 1) {
+    return Invalid(k, absl::StrCat("num_pages (", a.num_pages, ") exceeds 2^31 - 1; page ids are int32"));
+  }
+  KVC_RETURN_IF_ERROR(CheckQuestMeta(k, a.meta, a.num_pages));
+  if (a.k < 1 || a.k > a.num_pages) {
+    return Invalid(k, absl::StrCat("k = ", a.k, " must be in [1, ", a.num_pages, "] (num_pages)"));
+  }
+  if (a.q == nullptr) return Invalid(k, "q is null");
+  if (a.scores == nullptr) return Invalid(k, "scores is null");
+  if (a.selected == nullptr) return Invalid(k, "selected is null");
+  const size_t ws_needed = QuestWorkspaceBytes(a.num_pages, a.num_q_heads, a.meta.head_dim);
+  if ((backend == Backend::kCuda || a.workspace != nullptr) &&
+      (a.workspace == nullptr || a.workspace_bytes < ws_needed)) {
+    return Invalid(k, absl::StrCat(a.workspace == nullptr ? "CUDA needs a workspace: " : "", "workspace of ",
+                                   a.workspace_bytes, " bytes is smaller than the ", ws_needed,
+                                   " needed (QuestWorkspaceBytes)"));
+  }
+  const size_t hkv = a.meta.num_kv_heads;
+  const size_t meta_bytes = static_cast<size_t>(a.meta.max_pages) * hkv * a.meta.head_dim * 4;
+  const Range q{"q", a.q, static_cast<size_t>(a.num_q_heads) * a.meta.head_dim * 4};
+  const Range mn{"meta.min", a.meta.min, meta_bytes}, mx{"meta.max", a.meta.max, meta_bytes};
+  return CheckDisjoint(k,
+                       {{"scores", a.scores, hkv * a.num_pages * 4},
+                        {"selected", a.selected, hkv * a.k * 4},
+                        {"workspace", a.workspace, a.workspace_bytes}},
+                       {q, mn, mx});
+}
+
 absl::Status ValidateLinear(const LinearArgs& a) {
   constexpr absl::string_view k = "Linear";
   if (a.k <= 0) return Invalid(k, absl::StrCat("k must be > 0, got ", a.k));

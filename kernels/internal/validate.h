@@ -10,6 +10,7 @@
 #include "kernels/cascade.h"
 #include "kernels/dense.h"
 #include "kernels/less.h"
+#include "kernels/quest.h"
 #include "kernels/token_select.h"
 
 namespace kvc::kernels::internal {
@@ -24,6 +25,8 @@ absl::Status ValidateCascadeInsert(const CascadeInsertArgs& args);
 absl::Status ValidateCascadeGather(const CascadeGatherArgs& args);
 absl::Status ValidateLessFold(const LessFoldArgs& args, Backend backend);
 absl::Status ValidateLessCombine(const LessCombineArgs& args);
+absl::Status ValidateQuestUpdate(const QuestUpdateArgs& args);
+absl::Status ValidateQuestSelect(const QuestSelectArgs& args, Backend backend);
 absl::Status ValidateLinear(const LinearArgs& args);
 absl::Status ValidateRmsNorm(const RmsNormArgs& args);
 absl::Status ValidateSwiGlu(const SwiGluArgs& args);

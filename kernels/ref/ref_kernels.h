@@ -11,6 +11,7 @@
 #include "kernels/cascade.h"
 #include "kernels/dense.h"
 #include "kernels/less.h"
+#include "kernels/quest.h"
 #include "kernels/token_select.h"
 
 namespace kvc::kernels::ref {
@@ -28,6 +29,8 @@ absl::Status LessCombine(const ExecContext& ctx, const LessCombineArgs& args);
 absl::Status Linear(const ExecContext& ctx, const LinearArgs& args);
 absl::Status RmsNorm(const ExecContext& ctx, const RmsNormArgs& args);
 absl::Status SwiGlu(const ExecContext& ctx, const SwiGluArgs& args);
+absl::Status QuestUpdatePages(const ExecContext& ctx, const QuestUpdateArgs& args);
+absl::Status QuestSelect(const ExecContext& ctx, const QuestSelectArgs& args);
 // less.h EvaluateFeatureMap.
 std::vector<double> EvaluateFeatureMapImpl(const FeatureMap& f, const float* x);
 

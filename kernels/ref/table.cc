@@ -8,7 +8,7 @@ const KernelTable& ReferenceKernels() {
       "reference",       ref::Prefill,       ref::Decode,        ref::MergeStates,
       ref::QueryFingerprint, ref::TokenSelect, ref::TokenSelectLse, ref::CascadeInsert,
       ref::CascadeGather, ref::LessFold,      ref::LessCombine,  ref::Linear,
-      ref::RmsNorm,       ref::SwiGlu,
+      ref::RmsNorm,       ref::SwiGlu,      ref::QuestUpdatePages, ref::QuestSelect,
   };
   return table;
 }

@@ -91,7 +91,8 @@ std::string Combined::name() const {
   if (options_.refresh) {
     const RefreshKvOptions& r = options_.refresh_options;
     absl::StrAppend(&s, ",refresh=",
-                    r.mode == RefreshMode::kFixed ? "fixed" : absl::StrCat("sim", r.threshold), "/", r.stride);
+                    r.mode == RefreshMode::kFixed ? "fixed" : absl::StrCat("sim", r.threshold), "/", r.stride,
+                    options_.refresh_output_hot ? "/hot" : "");
   }
   return s + ")";
 }
@@ -159,7 +160,7 @@ absl::Status Combined::Attend(const k::ExecContext& ctx, const model::AttendArgs
   if (full) {
     KVC_RETURN_IF_ERROR(FullAttend(ctx, a, layer));
     ++full_steps_;
-    pairs = past + 1;
+    pairs = past + 1 + (options_.refresh_output_hot ? own_pos_.front() + 1 : 0);
   } else {
     KVC_RETURN_IF_ERROR(SparseAttend(ctx, a, layer));
     pairs = n * static_cast<int64_t>(own_pos_.empty() ? 0 : own_pos_.front()) + n * (n + 1) / 2;
@@ -284,12 +285,13 @@ absl::Status Combined::FoldTokens(const k::ExecContext& ctx, Layer& layer, const
   return absl::OkStatus();
 }
 
-absl::Status Combined::SparseAttend(const k::ExecContext& ctx, const model::AttendArgs& a, Layer& layer) {
+absl::Status Combined::SparseAttend(const k::ExecContext& ctx, const model::AttendArgs& a, Layer& layer,
+                                    bool select) {
   const int64_t n = a.num_tokens, past = layer.length;
   const int32_t hkv = config_.n_kv_heads, hq = config_.n_heads, d = config_.head_dim();
   k::CascadeState& st = layer.cascade;
   const bool evicting = k::CascadeStoredTokens(cascade_, past) < past;
-  if (options_.select_k > 0 && evicting) KVC_RETURN_IF_ERROR(Select(ctx, a, layer));
+  if (select && options_.select_k > 0 && evicting) KVC_RETURN_IF_ERROR(Select(ctx, a, layer));
 
   // Per head: the hot list (age order = token order) merged with the
   // selected tokens that head has evicted, at compact positions
@@ -451,17 +453,19 @@ absl::Status Combined::FullAttend(const k::ExecContext& ctx, const model::Attend
   own_pos_.assign(1, static_cast<int32_t>(past));
   full_scores_.assign(static_cast<size_t>(hkv) * total, 0.0f);
   merged_lse_.resize(hq);
+  const bool hot_output = options_.refresh_output_hot;
+  if (hot_output) merged_out_.resize(static_cast<size_t>(hq) * config_.head_dim());
   const k::ScoreAccum accum{k::ScoreMode::kSum, k::GroupReduce::kMax, 0.999f, 0, full_scores_.data(), nullptr};
   const k::KvGather gather{sel_ptr_.data(), sel_idx_.data(), sel_idx_.data(), false};
   KVC_RETURN_IF_ERROR(AttendGather(ctx, config_, a.q, 1, layer.pool.Pool(total), gather, own_pos_.data(), accum,
-                                   a.out, merged_lse_.data()));
-  if (a.lse != nullptr) std::copy(merged_lse_.begin(), merged_lse_.end(), a.lse);
+                                   hot_output ? merged_out_.data() : a.out, merged_lse_.data()));
+  if (a.lse != nullptr && !hot_output) std::copy(merged_lse_.begin(), merged_lse_.end(), a.lse);
 
   // The hot set's EMA from the same probabilities (one query: s <- beta s +
   // (1 - beta) P), and the new token's first score.
   const float beta = options_.hot.beta;
   chunk_scores_.assign(hkv, 0.0f);
-  if (options_.hot.num_subcaches > 1) {
+  if (options_.hot.num_subcaches > 1 && !hot_output) {
     KVC_RETURN_IF_ERROR(
         k::CascadeGather(ctx, {&st, true, gather_ptr_.data(), gather_idx_.data(), gather_pos_.data()}));
     const int32_t slots = cascade_.total_slots();
@@ -531,6 +535,9 @@ absl::Status Combined::FullAttend(const k::ExecContext& ctx, const model::Attend
     layer.selection_cache.Store(qbar_, layer.selected);
   }
   layer.scheduler.Refreshed(query_mean_);
+  // The output over the rebuilt hot set (which also updates its scores and
+  // pushes the token), or the full attention already written.
+  if (hot_output) return SparseAttend(ctx, a, layer, /*select=*/false);
   return Push(ctx, layer, past, 1);
 }
 

@@ -38,7 +38,10 @@
 // order by `refresh_pool`; equal scores: the older token), stores it in the
 // selection cache for this step's fingerprint, and makes this query the
 // scheduler's reference. The hot set's scores are updated from the same
-// probabilities.
+// probabilities. With `refresh_output_hot`, the full step rehydrates and
+// rescores the same way but its output is that of a sparse step over the
+// hot set and the new selection (for a model trained on short contexts,
+// whose outputs at original positions past its window are meaningless).
 //
 // Special cases: with select_k = 0, less = false and refresh off, this is
 // the cascading policy bit for bit. While the context fits the hot set
@@ -83,6 +86,7 @@ struct CombinedOptions {
   // RefreshKV full steps (refresh.k and kv_dtype are not used).
   bool refresh = true;
   RefreshKvOptions refresh_options;
+  bool refresh_output_hot = false;
   absl::Status Validate() const;
 };
 
@@ -156,7 +160,9 @@ class Combined : public CachePolicy {
   // that has evicted it (rows copied from Cf).
   absl::Status FoldTokens(const kernels::ExecContext& ctx, Layer& layer, const std::vector<int32_t>& tokens,
                           bool subtract);
-  absl::Status SparseAttend(const kernels::ExecContext& ctx, const model::AttendArgs& a, Layer& layer);
+  // `select`: let TokenSelect re-choose S (false right after a full step's rebuild).
+  absl::Status SparseAttend(const kernels::ExecContext& ctx, const model::AttendArgs& a, Layer& layer,
+                            bool select = true);
   absl::Status FullAttend(const kernels::ExecContext& ctx, const model::AttendArgs& a, Layer& layer);
   // Pushes the chunk (Cf slots [first, first + n)) into the cascade with
   // chunk_scores_, updates the hot flags and folds what left.

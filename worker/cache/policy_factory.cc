@@ -13,6 +13,7 @@
 #include "worker/cache/full_attention.h"
 #include "worker/cache/h2o.h"
 #include "worker/cache/less.h"
+#include "worker/cache/quest.h"
 #include "worker/cache/refresh_kv.h"
 #include "worker/cache/snapkv.h"
 #include "worker/cache/token_select.h"
@@ -136,7 +137,7 @@ absl::StatusOr<std::unique_ptr<CachePolicy>> MakeLess(const model::ModelConfig& 
 
 // combined:sinks=4,subcaches=4,window=W,beta=B,k=K,theta=T,pool=P,
 //   less=on|off,rank=R,seed=S,map=elu|exp,
-//   refresh=similarity|fixed|off,stride=S,threshold=T,refresh_pool=P
+//   refresh=similarity|fixed|off,stride=S,threshold=T,refresh_pool=P,refresh_output=full|hot
 // budget=B: half the budget hot (sinks + the largest window of whole
 // sub-caches), the rest selected.
 absl::StatusOr<std::unique_ptr<CachePolicy>> MakeCombined(const model::ModelConfig& config, Params& p,
@@ -173,6 +174,9 @@ absl::StatusOr<std::unique_ptr<CachePolicy>> MakeCombined(const model::ModelConf
   KVC_RETURN_IF_ERROR(p.Int("stride", &o.refresh_options.stride));
   KVC_RETURN_IF_ERROR(p.Float("threshold", &o.refresh_options.threshold));
   KVC_RETURN_IF_ERROR(p.Int("refresh_pool", &o.refresh_options.pool_kernel));
+  std::string refresh_output = "full";
+  KVC_RETURN_IF_ERROR(p.Choice("refresh_output", {"full", "hot"}, &refresh_output));
+  o.refresh_output_hot = refresh_output == "hot";
   KVC_RETURN_IF_ERROR(p.Finish());
   KVC_ASSIGN_OR_RETURN(std::unique_ptr<Combined> c, Combined::Create(config, o));
   return std::unique_ptr<CachePolicy>(std::move(c));
@@ -181,7 +185,7 @@ absl::StatusOr<std::unique_ptr<CachePolicy>> MakeCombined(const model::ModelConf
 }  // namespace
 
 std::vector<std::string> PolicyNames() {
-  return {"full", "streaming", "cascading", "tokenselect", "h2o", "snapkv", "less", "refreshkv", "combined"};
+  return {"full", "streaming", "cascading", "tokenselect", "h2o", "snapkv", "less", "refreshkv", "combined", "quest"};
 }
 
 absl::StatusOr<std::unique_ptr<CachePolicy>> MakePolicy(const model::ModelConfig& config, const std::string& spec) {
@@ -274,7 +278,18 @@ absl::StatusOr<std::unique_ptr<CachePolicy>> MakePolicy(const model::ModelConfig
     return std::unique_ptr<CachePolicy>(std::move(s));
   }
   if (name == "combined") return MakeCombined(config, p, kv);
-
+  if (name == "quest") {
+    QuestOptions o;
+    o.kv_dtype = kv;
+    KVC_RETURN_IF_ERROR(p.Int("page", &o.page_size));
+    KVC_RETURN_IF_ERROR(p.Int("budget", &o.budget));
+    std::string positions = "original";
+    KVC_RETURN_IF_ERROR(p.Choice("positions", {"original", "compact"}, &positions));
+    o.compact_positions = positions == "compact";
+    KVC_RETURN_IF_ERROR(p.Finish());
+    KVC_ASSIGN_OR_RETURN(std::unique_ptr<Quest> q, Quest::Create(config, o));
+    return std::unique_ptr<CachePolicy>(std::move(q));
+  }
   if (name == "refreshkv") {
     RefreshKvOptions o;
     o.kv_dtype = kv;

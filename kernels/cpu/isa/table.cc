@@ -11,7 +11,7 @@ const internal::KernelTable& Kernels() {
       "cpu-x86-64-" KVC_STR(KVC_CPU_ISA), Prefill,       Decode,        MergeStates,
       QueryFingerprint,                   TokenSelect,   TokenSelectLse, CascadeInsert,
       CascadeGather,                      LessFold,      LessCombine,    Linear,
-      RmsNorm,                            SwiGlu,
+      RmsNorm,                            SwiGlu,        QuestUpdatePages, QuestSelect,
   };
   return table;
 }
