@@ -1,8 +1,8 @@
 // The combined policy (worker/cache/combined.h) against brute force, driven
 // through Attend with random q, k, v on a two-layer GQA shape (Hq = 4,
 // Hkv = 2, D = 16), and inside the real runtime on a random model:
-//  - without selection, LESS and refresh it is the cascading policy, bit
-//    for bit (outputs, lse and hot sets);
+//  - without selection, LESS and refresh it is the cascading policy (the
+//    same hot sets, outputs to fp32 reassociation);
 //  - every sparse step equals the formula of combined.h computed here in
 //    fp64 from the hot sets before the call and the selection it used: the
 //    union at right-aligned compact positions, plus the LESS weights
@@ -191,7 +191,10 @@ std::vector<std::vector<int32_t>> HotSets(const Combined& p, int32_t layer) {
 
 const kernels::Backend kBackends[] = {kernels::Backend::kReference, kernels::Backend::kCpu};
 
-TEST(CombinedTest, WithoutSelectionLessAndRefreshIsCascadingBitForBit) {
+// The cascading policy attends [cache | chunk] in one pass where this one
+// merges the hot set's state with the chunk's: the same sums reassociated,
+// 1e-6 by norm (measured ~1e-7); the cache contents must be identical.
+TEST(CombinedTest, WithoutSelectionLessAndRefreshIsCascading) {
   const std::vector<Call> calls = Calls(40, 1);
   for (const kernels::Backend backend : kBackends) {
     const kernels::ExecContext ctx{backend};
@@ -199,15 +202,17 @@ TEST(CombinedTest, WithoutSelectionLessAndRefreshIsCascadingBitForBit) {
     auto cascading = *MakePolicy(Config(), "cascading:sinks=2,subcaches=2,window=8");
     for (const Call& c : calls) {
       const Result a = Attend(ctx, *combined, c), b = Attend(ctx, *cascading, c);
-      ASSERT_EQ(a.out, b.out) << "layer " << c.layer << " at " << c.first_position;
-      ASSERT_EQ(a.lse, b.lse);
+      ASSERT_LT(RelErrorByNorm(a.out, b.out), 1e-6) << "layer " << c.layer << " at " << c.first_position;
+      ASSERT_LT(RelErrorByNorm(a.lse, b.lse), 1e-6);
     }
     const auto& cas = dynamic_cast<const Cascading&>(*cascading);
     for (int32_t l = 0; l < kLayers; ++l) {
       const kernels::CascadeState &x = combined->cascade(l), &y = cas.state(l);
       const int32_t slots = x.config.total_slots();
       EXPECT_TRUE(std::equal(x.positions, x.positions + slots * kHkv, y.positions));
-      EXPECT_TRUE(std::equal(x.scores, x.scores + slots * kHkv, y.scores));
+      EXPECT_LT(RelErrorByNorm(std::vector<float>(x.scores, x.scores + slots * kHkv),
+                               std::vector<float>(y.scores, y.scores + slots * kHkv)),
+                1e-5);
     }
     EXPECT_EQ(combined->stats().attended_total, cascading->stats().attended_total);
   }
@@ -375,7 +380,7 @@ TEST(CombinedTest, CoveringBudgetEqualsFullAttentionInTheRuntime) {
   };
   FullAttention full(config, kernels::DType::kF32);
   const std::vector<float> want = run(full);
-  for (const std::string spec : {"combined:sinks=4,subcaches=4,window=56", "combined:budget=128,map=exp,refresh=fixed,stride=1"}) {
+  for (const std::string spec : {"combined:sinks=4,subcaches=4,window=56", "combined:budget=128,map=elu,refresh=fixed,stride=1"}) {
     auto p = MakePolicy(config, spec);
     ASSERT_TRUE(p.ok()) << p.status();
     EXPECT_LE(RelErrorByNorm(run(**p), want), 2e-6) << spec;
@@ -404,7 +409,7 @@ TEST(CombinedTest, FactoryErrorsNameTheProblem) {
   // budget=B: half hot (sinks + whole sub-caches), the rest selected.
   auto p = MakePolicy(Config(), "combined:budget=256");
   ASSERT_TRUE(p.ok());
-  EXPECT_EQ((*p)->name(), "combined(S=4,C=4,W=124,k=128,less=elu/8,refresh=sim0.9/10)");
+  EXPECT_EQ((*p)->name(), "combined(S=4,C=4,W=124,k=128,less=exp/8,refresh=sim0.9/10)");
   EXPECT_EQ((*p)->max_resident_tokens(), 256);
 }
 

@@ -141,7 +141,9 @@ TEST(ModelTest, CoveringBudgetsEqualFullAttentionOnTheRealModel) {
   for (const std::string spec : {"streaming:sinks=4,window=252", "cascading:sinks=4,subcaches=4,window=252",
                                  "tokenselect:init=4,k=200,local=64", "h2o:heavy=128,recent=128",
                                  "snapkv:budget=256", "less:inner=cascading,sinks=4,subcaches=4,window=252",
-                                 "refreshkv:budget=256", "refreshkv:budget=16,mode=fixed,stride=1,positions=compact"}) {
+                                 "refreshkv:budget=256", "refreshkv:budget=16,mode=fixed,stride=1,positions=compact",
+                                 "combined:sinks=4,subcaches=4,window=252,map=exp",
+                                 "combined:budget=32,refresh=fixed,stride=1"}) {
     EXPECT_EQ(Greedy(s, "Once upon a time", 60, spec), want) << spec;
   }
 }

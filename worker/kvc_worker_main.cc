@@ -4,6 +4,7 @@
 //   kvc-worker perplexity --text=moby --tokens=8192 --policies="full;streaming;cascading" --budgets=64,128,256
 //   kvc-worker passkey    --filler=1024,4096 --trials=20 --policies="streaming;cascading" --budgets=128
 //   kvc-worker speed      --contexts=1024,8192,32768 --policies="full;cascading" --budgets=256
+//   kvc-worker less-train --text=generated --seed=7 --tokens=4096 --less_policy=cascading:budget=64 --out=FILE
 //
 // Policies are separated by ';' (a spec has commas: see
 // worker/cache/policy_factory.h); each policy other than "full" runs once
@@ -15,6 +16,7 @@
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -32,6 +34,8 @@
 #include "kernels/thread_pool.h"
 #include "worker/cache/policy_factory.h"
 #include "worker/eval/passkey.h"
+#include "worker/eval/less_samples.h"
+#include "worker/eval/less_train.h"
 #include "worker/eval/perplexity.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/sampler.h"
@@ -59,8 +63,26 @@ ABSL_FLAG(int, stride, 16, "Tokens per forward pass while reading a long input")
 ABSL_FLAG(int64_t, segment, 1024, "perplexity: tokens per reported segment");
 ABSL_FLAG(std::string, filler, "1024,4096", "passkey: filler lengths in tokens");
 ABSL_FLAG(int, trials, 20, "passkey: trials (seeds) per length and policy");
+ABSL_FLAG(int, decode_tail, 0,
+          "passkey: the prompt's last N tokens are read one at a time as decode steps (SnapKV compresses "
+          "after its prompt, Quest and RefreshKV act on decode steps only)");
 ABSL_FLAG(std::string, contexts, "1024,8192,32768", "speed: context lengths");
 ABSL_FLAG(int, decode_steps, 32, "speed: decode steps timed at each context");
+ABSL_FLAG(std::string, less_policy, "cascading:budget=64", "less-train: the eviction policy whose evictions are folded");
+ABSL_FLAG(std::string, less_reference, "",
+          "less-train: a policy spec whose attention LESS is trained to reproduce; empty = the eviction policy's "
+          "attention joined with its evicted tokens within --less_horizon");
+ABSL_FLAG(int, less_horizon, 0, "less-train: evicted tokens farther than this are not in the target (0 = seq_len)");
+ABSL_FLAG(std::string, less_driver, "", "less-train: the policy driving the model (empty = --less_policy)");
+ABSL_FLAG(std::string, less_init, "", "less-train: start from this kernels file (--less_steps=0 measures it)");
+ABSL_FLAG(int, less_streams, 3, "less-train: streams of --tokens tokens to fit on");
+ABSL_FLAG(int, less_validation_streams, 1, "less-train: further streams that choose the step (early stopping)");
+ABSL_FLAG(int, less_rank, 8, "less-train: features per map (R)");
+ABSL_FLAG(int, less_hidden, 0, "less-train: hidden GELU units per map (0 = linear map + activation)");
+ABSL_FLAG(std::string, less_activation, "exp", "less-train: the maps' activation, exp or elu");
+ABSL_FLAG(int, less_steps, 200, "less-train: full-batch Adam steps per layer");
+ABSL_FLAG(double, less_lr, 0.02, "less-train: Adam learning rate");
+ABSL_FLAG(std::string, out, "less_kernels.bin", "less-train: the kernels file to write");
 
 namespace {
 
@@ -75,6 +97,8 @@ constexpr char kUsage[] = R"(run the model with a KV cache policy.
   kvc-worker perplexity [--text=moby|generated|FILE --tokens=N --policies=A;B --budgets=64,128 --stride=16]
   kvc-worker passkey    [--filler=1024,4096 --trials=20 --policies=A;B --budgets=...]
   kvc-worker speed      [--contexts=1024,8192,32768 --policies=A;B --budgets=...]
+  kvc-worker less-train [--text=... --tokens=N --less_policy=SPEC --less_reference=SPEC --less_driver=SPEC --less_init=FILE --less_rank=8
+                         --less_hidden=0 --less_steps=200 --out=FILE]  (then less:inner=...,kernels=FILE)
 
 Policy specs (worker/cache/policy_factory.h): full | streaming | cascading | tokenselect | h2o | snapkv |
 refreshkv | combined | less:inner=cascading|h2o|streaming, each with key=value options, e.g.
@@ -148,12 +172,13 @@ std::string Bytes(size_t b) {
 
 // Stories the model writes itself (temperature 1, top-p 0.9), joined,
 // until `tokens` tokens.
-absl::StatusOr<std::vector<int32_t>> GeneratedText(Runtime& r, int64_t tokens) {
+absl::StatusOr<std::vector<int32_t>> GeneratedText(Runtime& r, int64_t tokens,
+                                                   uint64_t seed = absl::GetFlag(FLAGS_seed)) {
   std::vector<int32_t> out;
   kvc::model::SamplerOptions so;
   so.temperature = 1.0f;
   so.top_p = 0.9f;
-  so.seed = absl::GetFlag(FLAGS_seed);
+  so.seed = seed;
   kvc::model::Sampler sampler(so);
   const int32_t vocab = r.model->config().vocab_size, window = r.model->config().seq_len;
   std::vector<float> logits(vocab);
@@ -173,21 +198,38 @@ absl::StatusOr<std::vector<int32_t>> GeneratedText(Runtime& r, int64_t tokens) {
   return out;
 }
 
+// --text, `count` streams of --tokens tokens: for generated text with seeds
+// --seed, --seed + 1, ...; for a file its consecutive parts.
+absl::StatusOr<std::vector<std::vector<int32_t>>> TextStreams(Runtime& r, int count);
+
 absl::StatusOr<std::vector<int32_t>> TextTokens(Runtime& r) {
+  KVC_ASSIGN_OR_RETURN(auto streams, TextStreams(r, 1));
+  return std::move(streams[0]);
+}
+
+absl::StatusOr<std::vector<std::vector<int32_t>>> TextStreams(Runtime& r, int count) {
   const std::string text = absl::GetFlag(FLAGS_text);
   const int64_t tokens = absl::GetFlag(FLAGS_tokens);
-  if (text == "generated") return GeneratedText(r, tokens);
+  std::vector<std::vector<int32_t>> streams;
+  if (text == "generated") {
+    for (int i = 0; i < count; ++i) {
+      KVC_ASSIGN_OR_RETURN(std::vector<int32_t> s, GeneratedText(r, tokens, absl::GetFlag(FLAGS_seed) + i));
+      streams.push_back(std::move(s));
+    }
+    return streams;
+  }
   const std::string path = text == "moby" ? absl::GetFlag(FLAGS_moby) : text;
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read text ", path, " (scripts/setup.sh fetches moby)"));
   std::stringstream ss;
   ss << in.rdbuf();
   std::vector<int32_t> ids = r.tokenizer->Encode(ss.str(), /*bos=*/true, /*eos=*/false);
-  if (static_cast<int64_t>(ids.size()) < tokens) {
-    return absl::InvalidArgumentError(absl::StrCat(path, " has ", ids.size(), " tokens, fewer than --tokens=", tokens));
+  if (static_cast<int64_t>(ids.size()) < tokens * count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " has ", ids.size(), " tokens, fewer than ", count, " x --tokens=", tokens));
   }
-  ids.resize(tokens);
-  return ids;
+  for (int i = 0; i < count; ++i) streams.emplace_back(ids.begin() + i * tokens, ids.begin() + (i + 1) * tokens);
+  return streams;
 }
 
 absl::Status Generate() {
@@ -258,8 +300,8 @@ absl::Status Passkey() {
   KVC_ASSIGN_OR_RETURN(std::vector<int64_t> fillers, IntList("filler", absl::GetFlag(FLAGS_filler)));
   const int trials = absl::GetFlag(FLAGS_trials);
   if (trials < 1) return absl::InvalidArgumentError("--trials must be >= 1");
-  std::printf("# passkey: trials=%d stride=%d (name at ~token 10, question at the end)\n", trials,
-              absl::GetFlag(FLAGS_stride));
+  std::printf("# passkey: trials=%d stride=%d decode_tail=%d (name at ~token 10, question at the end)\n", trials,
+              absl::GetFlag(FLAGS_stride), absl::GetFlag(FLAGS_decode_tail));
   std::printf("%-44s %8s %10s %12s %9s\n", "policy", "filler", "accuracy", "resident KV", "seconds");
   for (const std::string& spec : specs) {
     for (int64_t filler : fillers) {
@@ -272,7 +314,8 @@ absl::Status Passkey() {
         const kvc::eval::PasskeyTrial trial =
             kvc::eval::MakePasskeyTrial(*r.tokenizer, filler, absl::GetFlag(FLAGS_seed) + t);
         KVC_ASSIGN_OR_RETURN(kvc::eval::PasskeyResult res,
-                             kvc::eval::RunPasskey(*r.model, *r.tokenizer, *policy, trial, absl::GetFlag(FLAGS_stride)));
+                             kvc::eval::RunPasskey(*r.model, *r.tokenizer, *policy, trial, absl::GetFlag(FLAGS_stride),
+                                                   absl::GetFlag(FLAGS_decode_tail)));
         correct += res.correct;
         seconds += res.seconds;
         bytes = res.stats.resident_bytes;
@@ -327,6 +370,90 @@ absl::Status Speed() {
   return absl::OkStatus();
 }
 
+// Fits LESS kernels (worker/eval/less_train.h) on --text and writes them.
+absl::Status LessTrain() {
+  KVC_ASSIGN_OR_RETURN(Runtime r, LoadRuntime());
+  kvc::eval::LessSampleOptions so;
+  so.policy = absl::GetFlag(FLAGS_less_policy);
+  so.reference = absl::GetFlag(FLAGS_less_reference);
+  so.driver = absl::GetFlag(FLAGS_less_driver);
+  so.horizon = absl::GetFlag(FLAGS_less_horizon);
+  so.stride = absl::GetFlag(FLAGS_stride);
+  kvc::eval::LessTrainOptions to;
+  to.rank = absl::GetFlag(FLAGS_less_rank);
+  to.hidden = absl::GetFlag(FLAGS_less_hidden);
+  const std::string act = absl::GetFlag(FLAGS_less_activation);
+  if (act != "exp" && act != "elu") return absl::InvalidArgumentError("--less_activation must be exp or elu, got " + act);
+  to.activation = act == "exp" ? kvc::kernels::FeatureActivation::kExp : kvc::kernels::FeatureActivation::kEluPlusOne;
+  to.steps = absl::GetFlag(FLAGS_less_steps);
+  to.learning_rate = absl::GetFlag(FLAGS_less_lr);
+  to.seed = absl::GetFlag(FLAGS_seed);
+  to.threads = absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads)
+                                                : std::max(1u, std::thread::hardware_concurrency());
+  if (!absl::GetFlag(FLAGS_less_init).empty()) {
+    KVC_ASSIGN_OR_RETURN(kvc::cache::LessKernels init, kvc::cache::ReadLessKernels(absl::GetFlag(FLAGS_less_init)));
+    to.rank = init.rank;
+    to.init = std::make_shared<const kvc::cache::LessKernels>(std::move(init));
+  }
+  KVC_RETURN_IF_ERROR(to.Validate());
+  const int n_train = absl::GetFlag(FLAGS_less_streams), n_check = absl::GetFlag(FLAGS_less_validation_streams);
+  if (n_train < 1 || n_check < 0) {
+    return absl::InvalidArgumentError("--less_streams must be >= 1 and --less_validation_streams >= 0");
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  KVC_ASSIGN_OR_RETURN(auto streams, TextStreams(r, n_train + n_check));
+  std::vector<kvc::eval::LessSamples> samples;
+  for (size_t i = 0; i < streams.size(); ++i) {
+    kvc::ProgressBar bar(absl::StrCat("reading stream ", i + 1, "/", streams.size(), " with ", so.policy),
+                         streams[i].size(), "tokens");
+    int64_t done = 0;
+    so.progress = [&](int64_t now) {
+      bar.Add(now - done);
+      done = now;
+    };
+    KVC_ASSIGN_OR_RETURN(kvc::eval::LessSamples s, kvc::eval::CollectLessSamples(*r.model, streams[i], so));
+    samples.push_back(std::move(s));
+    bar.Finish();
+  }
+  std::vector<const kvc::eval::LessSamples*> train, check;
+  for (int i = 0; i < n_train + n_check; ++i) (i < n_train ? train : check).push_back(&samples[i]);
+  const auto t1 = std::chrono::steady_clock::now();
+  kvc::eval::LessTrainResult res;
+  {
+    const int32_t layers = r.model->config().n_layers;
+    kvc::ProgressBar bar("fitting phi/psi", static_cast<uint64_t>(layers) * to.steps, "steps");
+    int64_t done = 0;
+    to.progress = [&](int64_t now) {
+      bar.Add(now - done);
+      done = now;
+    };
+    KVC_ASSIGN_OR_RETURN(res, kvc::eval::FitLessKernels(train, check, to));
+    bar.Finish();
+  }
+  const auto t2 = std::chrono::steady_clock::now();
+  KVC_RETURN_IF_ERROR(kvc::cache::WriteLessKernels(res.kernels, absl::GetFlag(FLAGS_out)));
+  const std::string reference =
+      so.reference.empty() ? absl::StrCat("sparse+evicted within ", so.horizon > 0 ? so.horizon : r.model->config().seq_len)
+                           : so.reference;
+  std::printf("# less-train: text=%s streams=%d+%d x %lld tokens policy=%s reference=%s rank=%d hidden=%d act=%s steps=%d\n",
+              absl::GetFlag(FLAGS_text).c_str(), n_train, n_check, static_cast<long long>(absl::GetFlag(FLAGS_tokens)),
+              so.policy.c_str(), reference.c_str(), to.rank, to.hidden, act.c_str(), to.steps);
+  std::printf("# mean |a - reference|^2 over the rows LESS changes (a = the eviction policy's output alone, or LESS's);\n"
+              "# fit = the training streams, held = the validation streams; the maps of the best held-out step\n");
+  std::printf("%6s %6s %11s %11s %8s %11s %11s %8s\n", "layer", "step", "fit: alone", "fit: LESS", "ratio",
+              "held: alone", "held: LESS", "ratio");
+  for (size_t l = 0; l < res.layers.size(); ++l) {
+    const kvc::eval::LessLayerFit& f = res.layers[l];
+    auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+    std::printf("%6zu %6d %11.5f %11.5f %8.3f %11.5f %11.5f %8.3f\n", l, f.best_step, f.sparse_loss, f.final_loss,
+                ratio(f.final_loss, f.sparse_loss), f.validation_sparse_loss, f.validation_final_loss,
+                ratio(f.validation_final_loss, f.validation_sparse_loss));
+  }
+  std::printf("# reading %.1f s, fitting %.1f s; wrote %s\n", std::chrono::duration<double>(t1 - t0).count(),
+              std::chrono::duration<double>(t2 - t1).count(), absl::GetFlag(FLAGS_out).c_str());
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -348,8 +475,10 @@ int main(int argc, char** argv) {
     s = Passkey();
   } else if (cmd == "speed") {
     s = Speed();
+  } else if (cmd == "less-train") {
+    s = LessTrain();
   } else {
-    std::fprintf(stderr, "kvc-worker: unknown command \"%s\" (generate, perplexity, passkey, speed)\n", cmd.c_str());
+    std::fprintf(stderr, "kvc-worker: unknown command \"%s\" (generate, perplexity, passkey, speed, less-train)\n", cmd.c_str());
     return 2;
   }
   if (!s.ok()) {

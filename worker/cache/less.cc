@@ -15,6 +15,13 @@ namespace k = ::kvc::kernels;
 absl::Status LessOptions::Validate() const {
   if (rank < 1 || rank > 256)
     return absl::InvalidArgumentError(absl::StrCat("less: rank ", rank, " not in [1, 256]"));
+  if (kernels != nullptr) {
+    KVC_RETURN_IF_ERROR(kernels->Validate());
+    if (kernels->rank != rank) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("less: rank ", rank, " but the trained kernels have rank ", kernels->rank));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -38,7 +45,16 @@ absl::StatusOr<std::unique_ptr<Less>> Less::Create(const model::ModelConfig& con
                                                    std::unique_ptr<CachePolicy> inner) {
   KVC_RETURN_IF_ERROR(options.Validate());
   if (inner == nullptr) return absl::InvalidArgumentError("less: no inner policy");
+  if (options.kernels != nullptr) KVC_RETURN_IF_ERROR(options.kernels->CheckMatches(config));
   return std::unique_ptr<Less>(new Less(config, options, std::move(inner)));
+}
+
+k::FeatureMap Less::phi(int32_t layer) const {
+  return options_.kernels != nullptr ? options_.kernels->layers[layer].phi.View() : map_.View();
+}
+
+k::FeatureMap Less::psi(int32_t layer) const {
+  return options_.kernels != nullptr ? options_.kernels->layers[layer].psi.View() : map_.View();
 }
 
 k::LessState Less::State(int32_t layer) {
@@ -60,7 +76,7 @@ absl::Status Less::Attend(const k::ExecContext& ctx, const model::AttendArgs& a)
   // The state before this call's evictions: this chunk attended them in the cache.
   k::LessCombineArgs c;
   c.state = State(a.layer);
-  c.phi = map_.View();
+  c.phi = phi(a.layer);
   c.q = a.q;
   c.sparse_out = sparse_out_.data();
   c.sparse_lse = sparse_lse_.data();
@@ -69,7 +85,7 @@ absl::Status Less::Attend(const k::ExecContext& ctx, const model::AttendArgs& a)
   c.out = a.out;
   KVC_RETURN_IF_ERROR(k::LessCombine(ctx, c));
   if (a.lse != nullptr) {
-    LessCombinedLse(map_.View(), layers_[a.layer].z.data(), options_.rank, config_, a.q, sparse_lse_.data(),
+    LessCombinedLse(phi(a.layer), layers_[a.layer].z.data(), options_.rank, config_, a.q, sparse_lse_.data(),
                     a.num_tokens, a.lse);
   }
 
@@ -84,7 +100,7 @@ absl::Status Less::Attend(const k::ExecContext& ctx, const model::AttendArgs& a)
   if (count == 0) return absl::OkStatus();
   k::LessFoldArgs f;
   f.state = State(a.layer);
-  f.psi = map_.View();
+  f.psi = psi(a.layer);
   f.dtype = ev->dtype;
   f.k = ev->k.data();
   f.v = ev->v.data();

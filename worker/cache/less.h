@@ -12,11 +12,12 @@
 // folded (kernels::LessFold). While a KV head has folded nothing, its
 // output is the inner policy's bit for bit.
 //
-// Feature maps: phi = psi = kernels::RandomFeatureMap(head_dim, rank, seed)
-// (elu(W x) + 1 with W ~ N(0, 1/D), no hidden layer), or with map=exp
-// kernels::PositiveRandomFeatureMap, on the pre-RoPE q and k; one map
-// shared by every layer and head. Trained per-layer MLP kernels
-// (the paper's) are not loaded yet.
+// Feature maps, on the pre-RoPE q and k: with trained kernels
+// (LessOptions::kernels, worker/cache/less_kernels.h) layer l combines with
+// its phi and folds with its psi, shared by the layer's KV heads. Without,
+// phi = psi = kernels::RandomFeatureMap(head_dim, rank, seed) (elu(W x) + 1
+// with W ~ N(0, 1/D), no hidden layer), or with positive_features
+// kernels::PositiveRandomFeatureMap; one map shared by every layer and head.
 //
 // args.lse, when requested, is the combined normaliser:
 //   log(exp(sparse_lse) + max(phi(q) z, 1e-6)), sparse_lse where the head's
@@ -39,6 +40,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/less.h"
+#include "worker/cache/less_kernels.h"
 #include "worker/cache/policy.h"
 #include "worker/model/checkpoint.h"
 
@@ -51,6 +53,11 @@ struct LessOptions {
   // features exp(W x - |x|^2 / (2 sqrt(D)) - ln(R)/2), an unbiased estimate of
   // the softmax kernel (kernels::PositiveRandomFeatureMap).
   bool positive_features = false;
+  // Trained per-layer maps (replace the fixed map; seed and
+  // positive_features are then unused). nullptr = the fixed map.
+  // REQUIRES: kernels->rank == rank and the model's shape (Less::Create
+  // checks both). worker/cache/combined.h does not use them yet.
+  std::shared_ptr<const LessKernels> kernels;
   absl::Status Validate() const;
 };
 
@@ -77,7 +84,11 @@ class Less : public CachePolicy {
   int64_t max_resident_tokens() const override { return inner_->max_resident_tokens(); }
 
   const CachePolicy& inner() const { return *inner_; }
+  // The fixed map (used by every layer when no trained kernels are given).
   const kernels::FeatureMapWeights& feature_map() const { return map_; }
+  // The maps layer `layer` combines (phi) and folds (psi) with.
+  kernels::FeatureMap phi(int32_t layer) const;
+  kernels::FeatureMap psi(int32_t layer) const;
   // The state of `layer`: H [Hkv][R][D] and z [Hkv][R].
   const std::vector<float>& state_h(int32_t layer) const { return layers_[layer].h; }
   const std::vector<float>& state_z(int32_t layer) const { return layers_[layer].z; }
@@ -95,7 +106,7 @@ class Less : public CachePolicy {
   model::ModelConfig config_;
   LessOptions options_;
   std::unique_ptr<CachePolicy> inner_;
-  kernels::FeatureMapWeights map_;  // phi and psi
+  kernels::FeatureMapWeights map_;  // phi and psi without trained kernels
   std::vector<Layer> layers_;
   int64_t folded_ = 0;
   // Scratch: the inner policy's output and lse.

@@ -65,6 +65,14 @@ class Params {
     }
     return Bad(key, it->second, absl::StrCat("one of ", absl::StrJoin(choices, "|")));
   }
+  bool Has(const std::string& key) const { return values_.count(key) > 0; }
+  absl::Status String(const std::string& key, std::string* out) {
+    auto it = Take(key);
+    if (it == values_.end()) return absl::OkStatus();
+    if (it->second.empty()) return Bad(key, it->second, "a non-empty string");
+    *out = it->second;
+    return absl::OkStatus();
+  }
   absl::Status KvDtype(kernels::DType* out) {
     std::string v = "f32";
     KVC_RETURN_IF_ERROR(Choice("kv", {"f32", "bf16", "f16"}, &v));
@@ -106,7 +114,10 @@ class Params {
   std::map<std::string, bool> used_;
 };
 
-// less:inner=NAME,rank=R,seed=S,... : every other key goes to the inner policy.
+// less:inner=NAME,rank=R,seed=S,map=elu|exp,kernels=PATH,... : every other
+// key goes to the inner policy. kernels=PATH loads trained per-layer maps
+// (worker/cache/less_kernels.h; rank defaults to theirs, map and seed are
+// then refused).
 absl::StatusOr<std::unique_ptr<CachePolicy>> MakeLess(const model::ModelConfig& config, const std::string& spec,
                                                       Params& p) {
   LessOptions o;
@@ -123,6 +134,17 @@ absl::StatusOr<std::unique_ptr<CachePolicy>> MakeLess(const model::ModelConfig& 
   KVC_RETURN_IF_ERROR(p.Choice("map", {"elu", "exp"}, &map));
   o.positive_features = map == "exp";
   if (seed < 0) return absl::InvalidArgumentError(absl::StrCat("policy \"", spec, "\": seed ", seed, " < 0"));
+  std::string kernels_path;
+  KVC_RETURN_IF_ERROR(p.String("kernels", &kernels_path));
+  if (!kernels_path.empty()) {
+    if (p.Has("map") || p.Has("seed")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("policy \"", spec, "\": map and seed choose the fixed map, not trained kernels"));
+    }
+    KVC_ASSIGN_OR_RETURN(LessKernels k, ReadLessKernels(kernels_path));
+    if (!p.Has("rank")) o.rank = k.rank;
+    o.kernels = std::make_shared<const LessKernels>(std::move(k));
+  }
   o.seed = static_cast<uint64_t>(seed);
   const std::string rest = p.TakeRest();
   KVC_RETURN_IF_ERROR(o.Validate());
@@ -158,7 +180,9 @@ absl::StatusOr<std::unique_ptr<CachePolicy>> MakeCombined(const model::ModelConf
   KVC_RETURN_IF_ERROR(p.Int("k", &o.select_k));
   KVC_RETURN_IF_ERROR(p.Float("theta", &o.theta));
   KVC_RETURN_IF_ERROR(p.Int("pool", &o.select_pool));
-  std::string less = "on", map = "elu", refresh = "similarity";
+  // The positive random map by default: of the two fixed maps it is the one
+  // that harms least without trained kernels (docs/EVALUATION.md).
+  std::string less = "on", map = "exp", refresh = "similarity";
   KVC_RETURN_IF_ERROR(p.Choice("less", {"on", "off"}, &less));
   o.less = less == "on";
   KVC_RETURN_IF_ERROR(p.Int("rank", &o.less_options.rank));

@@ -11,9 +11,10 @@
 //       positions=original|compact   (budget=B: K = B; worker/cache/refresh_kv.h)
 //   less:inner=cascading|h2o|streaming,rank=8,seed=1,map=elu|exp,...   (LESS on top of
 //       the inner policy, worker/cache/less.h; every other key, budget and
-//       kv included, is the inner policy's)
-//   combined:sinks=4,subcaches=4,window=256,beta=0.999,k=128,theta=0.9,pool=0,
-//       less=on|off,rank=8,seed=1,map=elu|exp,
+//       kv included, is the inner policy's; kernels=FILE loads trained
+//       per-layer maps, worker/cache/less_kernels.h, instead of map and seed)
+//   combined:sinks=4,subcaches=4,window=256,beta=0.999,k=128,theta=0.5,pool=0,
+//       less=on|off,rank=8,seed=1,map=exp|elu,
 //       refresh=similarity|fixed|off,stride=10,threshold=0.9,refresh_pool=7,
 //       refresh_output=full|hot
 //       (cascading hot set + LESS + TokenSelect + RefreshKV,

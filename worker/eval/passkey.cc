@@ -62,16 +62,22 @@ PasskeyTrial MakePasskeyTrial(const model::Tokenizer& tokenizer, int64_t filler_
 }
 
 absl::StatusOr<PasskeyResult> RunPasskey(model::Transformer& model, const model::Tokenizer& tokenizer,
-                                         cache::CachePolicy& policy, const PasskeyTrial& trial, int32_t stride) {
+                                         cache::CachePolicy& policy, const PasskeyTrial& trial, int32_t stride,
+                                         int32_t decode_tail) {
   if (stride < 1) return absl::InvalidArgumentError(absl::StrCat("passkey: stride ", stride, " < 1"));
+  if (decode_tail < 0 || decode_tail >= static_cast<int64_t>(trial.prompt.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("passkey: decode_tail ", decode_tail, " not in [0, ",
+                                                   trial.prompt.size(), ")"));
+  }
   const int32_t vocab = model.config().vocab_size;
   std::vector<float> logits(vocab);
   const auto t0 = std::chrono::steady_clock::now();
-  const int64_t n = static_cast<int64_t>(trial.prompt.size());
-  for (int64_t begin = 0; begin < n; begin += stride) {
-    const int64_t len = std::min<int64_t>(stride, n - begin);
+  const int64_t n = static_cast<int64_t>(trial.prompt.size()), prefill = n - decode_tail;
+  for (int64_t begin = 0; begin < n;) {
+    const int64_t len = begin < prefill ? std::min<int64_t>(stride, prefill - begin) : 1;
     KVC_RETURN_IF_ERROR(
         model.Forward(absl::MakeConstSpan(trial.prompt).subspan(begin, len), begin, policy, logits.data()));
+    begin += len;
   }
   PasskeyResult r;
   std::vector<int32_t> generated;

@@ -38,10 +38,14 @@ struct PasskeyResult {
   cache::PolicyStats stats;
 };
 
-// Reads the prompt through `policy` in chunks of `stride`, then decodes
-// greedily as many tokens as the answer has.
+// Reads the prompt through `policy` in chunks of `stride`, the last
+// `decode_tail` prompt tokens one at a time as decode steps (so that a
+// policy that compresses after its prompt, SnapKV, or acts on decode steps
+// only, Quest and RefreshKV, answers from its decode-time state), then
+// decodes greedily as many tokens as the answer has.
 absl::StatusOr<PasskeyResult> RunPasskey(model::Transformer& model, const model::Tokenizer& tokenizer,
-                                         cache::CachePolicy& policy, const PasskeyTrial& trial, int32_t stride);
+                                         cache::CachePolicy& policy, const PasskeyTrial& trial, int32_t stride,
+                                         int32_t decode_tail = 0);
 
 // The names trials draw from (each a few tokens at most in the vocabulary).
 const std::vector<std::string>& PasskeyNames();
