@@ -20,6 +20,7 @@
 #include "common/allocator.h"
 #include "common/status_macros.h"
 #include "kernels/thread_pool.h"
+#include "worker/cache/combined.h"
 #include "worker/cache/policy_factory.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/sampler.h"
@@ -48,14 +49,16 @@ struct Bench {
   absl::StatusOr<std::unique_ptr<kvc::cache::CachePolicy>> Policy(const std::string& spec) {
     return kvc::cache::MakePolicy(ckpt->config(), spec);
   }
-  // Seconds to read `n` tokens through `policy` in chunks of `stride`.
+  // Seconds to read `n` tokens through `policy` in chunks of `stride`
+  // (logits of the last chunk only, which decode starts from).
   absl::StatusOr<double> Prefill(kvc::cache::CachePolicy& policy, int64_t n, int stride) {
     std::vector<int32_t> tokens(n);
     for (int64_t i = 0; i < n; ++i) tokens[i] = 3 + static_cast<int32_t>((i * 7919) % 31997);
     const auto t0 = Clock::now();
     for (int64_t b = 0; b < n; b += stride) {
       const int64_t len = std::min<int64_t>(stride, n - b);
-      KVC_RETURN_IF_ERROR(model->Forward(absl::MakeConstSpan(tokens).subspan(b, len), b, policy, logits.data()));
+      float* out = b + len == n ? logits.data() : nullptr;
+      KVC_RETURN_IF_ERROR(model->Forward(absl::MakeConstSpan(tokens).subspan(b, len), b, policy, out));
     }
     return Since(t0);
   }
@@ -118,9 +121,22 @@ absl::Status Run() {
     KVC_ASSIGN_OR_RETURN(decode_policy, b.Policy(dp));
     KVC_RETURN_IF_ERROR(b.Prefill(*decode_policy, n, stride).status());
   }
+  // The combined policy's work during the timed steps: how often its
+  // selection was reused and how many (layer) steps were full steps.
+  const auto* combined = dynamic_cast<const kvc::cache::Combined*>(decode_policy.get());
+  const int64_t sel0 = combined ? combined->selections() : 0, hit0 = combined ? combined->selection_hits() : 0,
+                full0 = combined ? combined->full_steps() : 0;
   KVC_ASSIGN_OR_RETURN(double policy_tok_s, b.Decode(*decode_policy, n, steps));
   Row(absl::StrFormat("decode at %lld, %s", static_cast<long long>(n), dp.c_str()),
       absl::StrFormat("%.1f tok/s", policy_tok_s), absl::StrFormat("%.1fx full attention", policy_tok_s / full_tok_s));
+  if (combined != nullptr) {
+    const int64_t layer_steps = static_cast<int64_t>(steps) * b.ckpt->config().n_layers;
+    const int64_t sel = combined->selections() - sel0, hit = combined->selection_hits() - hit0,
+                  full = combined->full_steps() - full0;
+    std::printf("  %lld layer-steps: %lld full steps, %lld selections made, %lld reused (%.0f%% of sparse steps)\n",
+                static_cast<long long>(layer_steps), static_cast<long long>(full), static_cast<long long>(sel),
+                static_cast<long long>(hit), sel + hit > 0 ? 100.0 * hit / (sel + hit) : 0.0);
+  }
   return absl::OkStatus();
 }
 

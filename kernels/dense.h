@@ -9,11 +9,40 @@
 #define KVC_KERNELS_DENSE_H_
 
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/types.h"
 
 namespace kvc::kernels {
+
+// A Linear weight W [n][k] laid out once for the CPU path's batch tiling
+// (m > 8 rows: prefill chunks), which otherwise re-lays W out on every call
+// (a prefill chunk spent ~6% of its time there). Panels of kPanelCols W
+// rows, each transposed and widened to fp32: panels[(p * k + d) *
+// kPanelCols + c] = W[p * kPanelCols + c][d], zero for rows >= n. The
+// layout is the same for every CPU ISA build; the reference and CUDA paths
+// ignore a pack and read w. Immutable once made; thread-compatible.
+struct LinearPack {
+  static constexpr int32_t kPanelCols = 32;
+  struct FreeDeleter {
+    void operator()(float* p) const { std::free(p); }
+  };
+
+  int32_t n = 0, k = 0;
+  DType w_dtype = DType::kF32;  // of the W it was made from
+  std::unique_ptr<float[], FreeDeleter> panels;  // [ceil(n / kPanelCols)][k][kPanelCols], 64-byte aligned
+
+  int64_t num_panels() const { return (n + kPanelCols - 1) / kPanelCols; }
+  size_t bytes() const { return static_cast<size_t>(num_panels()) * k * kPanelCols * sizeof(float); }
+};
+
+// Packs W [n][k] of `w_dtype` (kF32 or kBF16) on the host. InvalidArgument
+// for a bad shape, dtype or null w; ResourceExhausted when the panels cannot
+// be allocated.
+absl::StatusOr<LinearPack> PackLinear(const void* w, DType w_dtype, int32_t n, int32_t k);
 
 // y[i][j] = sum_k x[i][k] * w[j][k] (+ y[i][j] when accumulate), for rows
 // i < m: x W^T with W stored [n][k] (out x in, the llama2.c layout). The
@@ -31,6 +60,11 @@ struct LinearArgs {
   DType w_dtype = DType::kF32;  // kF32 or kBF16
   float* y = nullptr;        // [m][n]
   bool accumulate = false;
+  // Optional: PackLinear(w, w_dtype, n, k) of this same w (not checked
+  // beyond n, k and w_dtype). The CPU path's batch tiling reads it instead
+  // of re-laying W out; results are the same bits either way. w is still
+  // required (decode and the other paths read it).
+  const LinearPack* pack = nullptr;
 };
 absl::Status Linear(const ExecContext& ctx, const LinearArgs& args);
 

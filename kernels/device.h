@@ -45,6 +45,13 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
+// Synchronous copies between raw pointers (device pointers from a
+// DeviceBuffer or inside one): for callers that keep their own offsets.
+// `bytes` may be 0.
+absl::Status CopyHostToDevice(void* device_dst, const void* host_src, size_t bytes);
+absl::Status CopyDeviceToHost(void* host_dst, const void* device_src, size_t bytes);
+absl::Status CopyDeviceToDevice(void* device_dst, const void* device_src, size_t bytes);
+
 // Waits for all work on `stream` (a cudaStream_t; nullptr = default stream)
 // and returns the first asynchronous error, if any.
 absl::Status CudaSynchronize(void* stream);

@@ -97,6 +97,34 @@ TEST(CudaDenseTest, LinearMatchesReference) {
   }
 }
 
+// A LinearPack (host memory) is accepted and ignored: the CUDA kernels read w.
+TEST(CudaDenseTest, LinearIgnoresHostPack) {
+  if (auto s = CudaAvailable(); !s.ok()) GTEST_SKIP() << s.message();
+  const int64_t m = 64;
+  const int32_t k = 288, n = 768;
+  const std::vector<float> x = RandomFloats(static_cast<size_t>(m) * k, 1);
+  const std::vector<float> w = RandomFloats(static_cast<size_t>(n) * k, 2, 1.0f / std::sqrt(k));
+  absl::StatusOr<LinearPack> pack = PackLinear(w.data(), DType::kF32, n, k);
+  ASSERT_TRUE(pack.ok()) << pack.status();
+  LinearArgs a;
+  a.m = m;
+  a.k = k;
+  a.n = n;
+  std::vector<float> want(static_cast<size_t>(m) * n);
+  a.x = x.data();
+  a.w = w.data();
+  a.y = want.data();
+  ASSERT_TRUE(Linear(kRef, a).ok());
+  DeviceBuffer dx = Upload(x), dw = Upload(w), dy = Upload(std::vector<float>(want.size()));
+  a.x = dx.as<float>();
+  a.w = dw.data();
+  a.y = dy.as<float>();
+  a.pack = &*pack;
+  ASSERT_TRUE(Linear(kCuda, a).ok());
+  ASSERT_TRUE(CudaSynchronize(nullptr).ok());
+  EXPECT_LE(RelErrorByNorm(Download(dy, want.size()), want), 1e-5);
+}
+
 TEST(CudaDenseTest, RmsNormAndSwiGluMatchReference) {
   if (auto s = CudaAvailable(); !s.ok()) GTEST_SKIP() << s.message();
   for (int32_t dim : {288, 768, 7}) {

@@ -167,6 +167,92 @@ TEST(LinearTest, AccumulateAddsIntoY) {
   }
 }
 
+// ---- LinearPack -------------------------------------------------------------------
+
+// The pack's layout is the contract (dense.h): panel p, row d, column c is
+// W[p * kPanelCols + c][d], widened to fp32, zero past row n.
+TEST(LinearPackTest, LayoutIsTransposedPanels) {
+  constexpr int32_t kCols = LinearPack::kPanelCols;
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const int32_t n = kCols + 5, k = 7;
+    const std::vector<float> values = RandomFloats(static_cast<size_t>(n) * k, 5);
+    const std::vector<uint8_t> w = Encode(dtype, values);
+    const std::vector<float> wf = testing::DecodeToFloat(dtype, w.data(), values.size());
+    absl::StatusOr<LinearPack> pack = PackLinear(w.data(), dtype, n, k);
+    ASSERT_TRUE(pack.ok()) << pack.status();
+    ASSERT_EQ(pack->num_panels(), 2);
+    for (int64_t p = 0; p < 2; ++p) {
+      for (int32_t d = 0; d < k; ++d) {
+        for (int32_t c = 0; c < kCols; ++c) {
+          const int64_t row = p * kCols + c;
+          const float want = row < n ? wf[row * k + d] : 0.0f;
+          ASSERT_EQ(pack->panels[(p * k + d) * kCols + c], want)
+              << DTypeName(dtype) << " panel " << p << " d " << d << " c " << c;
+        }
+      }
+    }
+  }
+}
+
+// With a pack, every path gives the same bits as without it (the batch
+// tiles read the same values in the same order), and matches the
+// reference; decode shapes (m <= 8) ignore it.
+TEST(LinearPackTest, PackedMatchesUnpackedBitForBit) {
+  struct Shape {
+    int64_t m;
+    int32_t k, n;
+  };
+  for (const Shape& s : {Shape{64, 288, 288}, Shape{257, 288, 768}, Shape{256, 768, 288},
+                         Shape{9, 288, 32000}, Shape{1, 288, 768}, Shape{100, 33, 17},
+                         Shape{13, 7, 1}, Shape{40, 100, 47}}) {
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      for (bool accumulate : {false, true}) {
+        const LinearCase c(s.m, s.k, s.n, dtype, accumulate, 17);
+        absl::StatusOr<LinearPack> pack = PackLinear(c.args.w, dtype, s.n, s.k);
+        ASSERT_TRUE(pack.ok()) << pack.status();
+        LinearCase packed = c;
+        packed.args.pack = &*pack;
+        const std::vector<float> want = c.Run(nullptr, kRef);
+        EXPECT_LE(RelErrorByNorm(packed.Run(nullptr, kRef), want), kLinearTol)
+            << "reference ignores the pack: " << c.Name();
+        for (const Path& path : OptimisedPaths()) {
+          const std::vector<float> plain = c.Run(&path, ExecContext{Backend::kCpu});
+          const std::vector<float> got = packed.Run(&path, ExecContext{Backend::kCpu});
+          ASSERT_EQ(got, plain) << path.name << " " << c.Name();
+          EXPECT_LE(RelErrorByNorm(got, want), kLinearTol) << path.name << " " << c.Name();
+        }
+      }
+    }
+  }
+}
+
+TEST(LinearPackTest, RejectsBadArgumentsAndMismatchedPacks) {
+  const std::vector<float> w = RandomFloats(4 * 8, 2);
+  EXPECT_EQ(PackLinear(nullptr, DType::kF32, 4, 8).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(PackLinear(w.data(), DType::kF32, 0, 8).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(PackLinear(w.data(), DType::kF16, 4, 8).status().code(), absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<LinearPack> pack = PackLinear(w.data(), DType::kF32, 4, 8);
+  ASSERT_TRUE(pack.ok());
+  const std::vector<float> x = RandomFloats(16 * 8, 3);
+  std::vector<float> y(16 * 4);
+  for (Backend backend : {Backend::kReference, Backend::kCpu}) {
+    LinearArgs a;
+    a.x = x.data();
+    a.m = 16;
+    a.k = 8;
+    a.n = 4;
+    a.w = w.data();
+    a.y = y.data();
+    a.pack = &*pack;
+    EXPECT_TRUE(Linear(ExecContext{backend}, a).ok());
+    a.n = 3;  // a pack of another shape
+    EXPECT_EQ(Linear(ExecContext{backend}, a).code(), absl::StatusCode::kInvalidArgument);
+    a.n = 4;
+    a.w_dtype = DType::kBF16;  // or of another dtype
+    EXPECT_EQ(Linear(ExecContext{backend}, a).code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
 TEST(RmsNormTest, MatchesReference) {
   for (int32_t dim : {288, 768, 1, 7, 33, 100}) {
     for (int64_t rows : {1, 3, 257}) {

@@ -148,5 +148,45 @@ TEST(ModelTest, CoveringBudgetsEqualFullAttentionOnTheRealModel) {
   }
 }
 
+// Full attention is exact, so how a long input is chunked must not change
+// its logits beyond fp32 reassociation, also past the trained 256
+// positions where the model's outputs are meaningless: 600 tokens read in
+// passes of 600, 256, 64 and 7 tokens, every position compared.
+TEST(ModelTest, ChunkingDoesNotChangeFullAttention) {
+  Stories s = Load();
+  ASSERT_NE(s.model, nullptr);
+  std::vector<int32_t> tokens;
+  while (tokens.size() < 600) {
+    const std::vector<int32_t> t = s.tok->Encode("Once upon a time, there was a little girl named Lily. She liked to "
+                                                 "play in the park with her dog. ", tokens.empty(), false);
+    tokens.insert(tokens.end(), t.begin(), t.end());
+  }
+  tokens.resize(600);
+  const int32_t vocab = s.ckpt->config().vocab_size;
+  auto run = [&](int64_t stride) {
+    cache::FullAttention full(s.ckpt->config(), kernels::DType::kF32);
+    std::vector<float> logits(tokens.size() * vocab);
+    for (size_t b = 0; b < tokens.size(); b += stride) {
+      const size_t n = std::min<size_t>(stride, tokens.size() - b);
+      EXPECT_TRUE(s.model->Forward(absl::MakeConstSpan(tokens).subspan(b, n), b, full, logits.data() + b * vocab,
+                                   true).ok());
+    }
+    return logits;
+  };
+  const std::vector<float> want = run(600);
+  for (const int64_t stride : {256, 64, 7}) {
+    const std::vector<float> got = run(stride);
+    double worst = 0;
+    int64_t at = -1;
+    for (size_t t = 0; t < tokens.size(); ++t) {
+      const std::vector<float> a(got.begin() + t * vocab, got.begin() + (t + 1) * vocab),
+          b(want.begin() + t * vocab, want.begin() + (t + 1) * vocab);
+      const double e = RelErrorByNorm(a, b);
+      if (e > worst) worst = e, at = static_cast<int64_t>(t);
+    }
+    EXPECT_LT(worst, 1e-4) << "stride " << stride << ": worst at position " << at;
+  }
+}
+
 }  // namespace
 }  // namespace kvc::model

@@ -32,6 +32,7 @@
 #include "common/progress.h"
 #include "common/status_macros.h"
 #include "kernels/thread_pool.h"
+#include "worker/cache/device_full_attention.h"
 #include "worker/cache/policy_factory.h"
 #include "worker/eval/passkey.h"
 #include "worker/eval/less_samples.h"
@@ -46,6 +47,9 @@ ABSL_FLAG(std::string, model, "third_party/stories15M/model.bin", "llama2.c chec
 ABSL_FLAG(std::string, tokenizer, "third_party/stories15M/tokenizer.bin", "llama2.c tokenizer");
 ABSL_FLAG(std::string, weights, "f32", "Weight type in the runtime: f32 or bf16");
 ABSL_FLAG(int, threads, 0, "CPU threads (0 = all cores, or $KVC_KERNEL_THREADS)");
+ABSL_FLAG(std::string, backend, "cpu",
+          "cpu, or cuda: weights and activations on the GPU; policy 'full' then keeps its KV there too, any "
+          "other policy attends on the CPU with host copies of q, k, v");
 ABSL_FLAG(std::string, policy, "full", "generate: the cache policy spec");
 ABSL_FLAG(std::string, policies, "full;streaming;cascading", "Policy specs separated by ';'");
 ABSL_FLAG(std::string, budgets, "64,128,256", "KV budgets (tokens per layer) for every policy but full");
@@ -127,6 +131,9 @@ absl::StatusOr<Runtime> LoadRuntime() {
   if (w != "f32" && w != "bf16") return absl::InvalidArgumentError("--weights must be f32 or bf16, got " + w);
   o.weights = w == "bf16" ? kvc::kernels::DType::kBF16 : kvc::kernels::DType::kF32;
   o.max_chunk = 256;
+  const std::string backend = absl::GetFlag(FLAGS_backend);
+  if (backend != "cpu" && backend != "cuda") return absl::InvalidArgumentError("--backend must be cpu or cuda, got " + backend);
+  if (backend == "cuda") o.ctx.backend = kvc::kernels::Backend::kCuda;
   KVC_ASSIGN_OR_RETURN(r.model, Transformer::Create(r.checkpoint.get(), o));
   return r;
 }
@@ -239,8 +246,15 @@ absl::Status Generate() {
   so.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
   so.seed = absl::GetFlag(FLAGS_seed);
   KVC_RETURN_IF_ERROR(so.Validate());
-  KVC_ASSIGN_OR_RETURN(auto policy, kvc::cache::MakePolicy(r.model->config(), absl::GetFlag(FLAGS_policy)));
   const std::vector<int32_t> prompt = r.tokenizer->Encode(absl::GetFlag(FLAGS_prompt), true, false);
+  std::unique_ptr<kvc::cache::CachePolicy> policy;
+  if (absl::GetFlag(FLAGS_policy) == "full" && r.model->options().ctx.backend == kvc::kernels::Backend::kCuda) {
+    // Full attention with its KV on the device, sized for the whole run.
+    KVC_ASSIGN_OR_RETURN(policy, kvc::cache::DeviceFullAttention::Create(
+                                     r.model->config(), static_cast<int64_t>(prompt.size()) + absl::GetFlag(FLAGS_steps) + 1));
+  } else {
+    KVC_ASSIGN_OR_RETURN(policy, kvc::cache::MakePolicy(r.model->config(), absl::GetFlag(FLAGS_policy)));
+  }
   std::vector<float> logits(r.model->config().vocab_size);
   KVC_RETURN_IF_ERROR(r.model->Forward(prompt, 0, *policy, logits.data()));
   kvc::model::Sampler sampler(so);

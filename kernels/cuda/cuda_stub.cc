@@ -28,6 +28,9 @@ DeviceBuffer::~DeviceBuffer() = default;
 absl::Status DeviceBuffer::CopyFromHost(const void*, size_t, size_t) { return NotBuilt(); }
 absl::Status DeviceBuffer::CopyToHost(void*, size_t, size_t) const { return NotBuilt(); }
 absl::Status DeviceBuffer::Zero() { return NotBuilt(); }
+absl::Status CopyHostToDevice(void*, const void*, size_t) { return NotBuilt(); }
+absl::Status CopyDeviceToHost(void*, const void*, size_t) { return NotBuilt(); }
+absl::Status CopyDeviceToDevice(void*, const void*, size_t) { return NotBuilt(); }
 absl::Status CudaSynchronize(void*) { return NotBuilt(); }
 
 namespace internal {

@@ -104,6 +104,24 @@ absl::Status DeviceBuffer::Zero() {
   return absl::OkStatus();
 }
 
+namespace {
+absl::Status Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, const char* what) {
+  if (bytes == 0) return absl::OkStatus();
+  if (cudaError_t err = cudaMemcpy(dst, src, bytes, kind); err != cudaSuccess) return CudaError(what, err);
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::Status CopyHostToDevice(void* device_dst, const void* host_src, size_t bytes) {
+  return Copy(device_dst, host_src, bytes, cudaMemcpyHostToDevice, "cudaMemcpy host to device");
+}
+absl::Status CopyDeviceToHost(void* host_dst, const void* device_src, size_t bytes) {
+  return Copy(host_dst, device_src, bytes, cudaMemcpyDeviceToHost, "cudaMemcpy device to host");
+}
+absl::Status CopyDeviceToDevice(void* device_dst, const void* device_src, size_t bytes) {
+  return Copy(device_dst, device_src, bytes, cudaMemcpyDeviceToDevice, "cudaMemcpy device to device");
+}
+
 absl::Status CudaSynchronize(void* stream) {
   if (cudaError_t err = cudaStreamSynchronize(static_cast<cudaStream_t>(stream));
       err != cudaSuccess) {

@@ -519,6 +519,12 @@ absl::Status ValidateLinear(const LinearArgs& a) {
                                    static_cast<int>(a.w_dtype), ")"));
   }
   if (a.w == nullptr) return Invalid(k, "w is null");
+  if (a.pack != nullptr &&
+      (a.pack->n != a.n || a.pack->k != a.k || a.pack->w_dtype != a.w_dtype || a.pack->panels == nullptr)) {
+    return Invalid(k, absl::StrCat("pack was made for n=", a.pack->n, " k=", a.pack->k, " ",
+                                   DTypeName(a.pack->w_dtype), ", not n=", a.n, " k=", a.k, " ",
+                                   DTypeName(a.w_dtype)));
+  }
   if (a.m == 0) return absl::OkStatus();
   if (a.x == nullptr) return Invalid(k, "x is null");
   if (a.y == nullptr) return Invalid(k, "y is null");

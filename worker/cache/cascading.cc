@@ -1,16 +1,34 @@
 #include "worker/cache/cascading.h"
 
 #include <algorithm>
-#include <numeric>
+#include <cstring>
+#include <new>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/attention.h"
+#include "kernels/dtype.h"
 #include "worker/cache/attend.h"
 
 namespace kvc::cache {
 
 namespace k = ::kvc::kernels;
+
+namespace {
+
+// count fp32 values as `dtype` at dst.
+void StoreRows(k::DType dtype, const float* src, int64_t count, uint8_t* dst) {
+  if (dtype == k::DType::kF32) {
+    std::memcpy(dst, src, static_cast<size_t>(count) * sizeof(float));
+    return;
+  }
+  auto* out = reinterpret_cast<uint16_t*>(dst);
+  for (int64_t i = 0; i < count; ++i) {
+    out[i] = dtype == k::DType::kBF16 ? k::FloatToBF16(src[i]) : k::FloatToF16(src[i]);
+  }
+}
+
+}  // namespace
 
 absl::Status CascadingOptions::Validate() const {
   if (num_sinks < 0) return absl::InvalidArgumentError(absl::StrCat("cascading: sinks ", num_sinks, " < 0"));
@@ -30,7 +48,11 @@ absl::Status CascadingOptions::Validate() const {
 }
 
 Cascading::Cascading(const model::ModelConfig& config, const CascadingOptions& options)
-    : config_(config), options_(options), chunk_(config.n_kv_heads, config.head_dim(), options.kv_dtype) {}
+    : config_(config), options_(options) {}
+
+size_t Cascading::row_bytes() const {
+  return static_cast<size_t>(config_.n_kv_heads) * config_.head_dim() * k::DTypeSize(options_.kv_dtype);
+}
 
 absl::StatusOr<std::unique_ptr<Cascading>> Cascading::Create(const model::ModelConfig& config,
                                                              const CascadingOptions& options) {
@@ -45,7 +67,7 @@ absl::StatusOr<std::unique_ptr<Cascading>> Cascading::Create(const model::ModelC
   const size_t bytes = static_cast<size_t>(slots) * hkv * config.head_dim() * k::DTypeSize(options.kv_dtype);
   p->layers_.resize(config.n_layers);
   for (Layer& l : p->layers_) {
-    l.k.assign(bytes, 0);
+    l.k.assign(bytes, 0);  // grows by a chunk's rows on the first Attend
     l.v.assign(bytes, 0);
     l.scores.assign(static_cast<size_t>(slots) * hkv, 0.0f);
     l.positions.assign(static_cast<size_t>(slots) * hkv, 0);
@@ -83,76 +105,83 @@ absl::Status Cascading::Attend(const k::ExecContext& ctx, const model::AttendArg
                                                    " overlaps the ", st.tokens_seen, " tokens already pushed"));
   }
   const int64_t n = a.num_tokens;
-  const int32_t hkv = config_.n_kv_heads, hq = config_.n_heads, d = config_.head_dim();
+  const int32_t hkv = config_.n_kv_heads, d = config_.head_dim();
+  const int64_t slots = cascade_.total_slots(), all = slots + n;
 
-  // The chunk's keys and values in the cache's dtype.
-  KVC_RETURN_IF_ERROR(chunk_.Reserve(n));
-  chunk_.WriteRange(0, n, a.k, a.v);
-  const k::KvPool chunk_pool = chunk_.Pool(n);
+  // The chunk's keys and values in the cache's dtype, in the slots after
+  // the cascade's own: one pool holds [cache | chunk].
+  const size_t row = row_bytes();
+  if (layer.k.size() < all * row) {
+    try {
+      layer.k.resize(all * row);
+      layer.v.resize(all * row);
+    } catch (const std::bad_alloc&) {
+      return absl::ResourceExhaustedError(absl::StrCat("cascading: cannot allocate a chunk of ", n, " tokens"));
+    }
+    st.k = layer.k.data();
+    st.v = layer.v.data();
+  }
+  StoreRows(options_.kv_dtype, a.k, n * hkv * d, layer.k.data() + slots * row);
+  StoreRows(options_.kv_dtype, a.v, n * hkv * d, layer.v.data() + slots * row);
+  const k::KvPool pool = k::KvPool::Contiguous(layer.k.data(), layer.v.data(), options_.kv_dtype, all, hkv, d);
 
-  // What the cache holds, in age order, and the positions of the chunk.
+  // One list per KV head: what the cache holds, in age order, then the
+  // chunk; the chunk's queries sit where its keys do.
   const int64_t cached = k::CascadeStoredTokens(cascade_, st.tokens_seen);
   KVC_RETURN_IF_ERROR(k::CascadeGather(
       ctx, {&st, options_.original_positions, gather_ptr_.data(), gather_idx_.data(), gather_pos_.data()}));
-  chunk_ptr_ = {0, static_cast<int32_t>(n)};
-  chunk_idx_.resize(n);
-  std::iota(chunk_idx_.begin(), chunk_idx_.end(), 0);
   chunk_pos_.resize(n);
   orig_pos_.resize(n);
   for (int64_t i = 0; i < n; ++i) {
     orig_pos_[i] = static_cast<int32_t>(a.first_position + i);
     chunk_pos_[i] = options_.original_positions ? orig_pos_[i] : static_cast<int32_t>(cached + i);
   }
-
-  // Attention over [cache] and [chunk (causal)], merged exactly.
-  const size_t rows = static_cast<size_t>(n) * hq;
-  lse_.resize(rows);
-  k::PrefillArgs cache;
-  cache.q = a.q;
-  cache.q_positions = chunk_pos_.data();
-  cache.num_q = n;
-  cache.num_q_heads = hq;
-  cache.kv = st.AsPool();
-  cache.gather = k::KvGather{gather_ptr_.data(), gather_idx_.data(), gather_pos_.data(), true};
-  cache.causal = false;
-  cache.rope = ModelRope(config_);
-  k::PrefillArgs own = cache;
-  own.kv = chunk_pool;
-  own.gather = k::KvGather{chunk_ptr_.data(), chunk_idx_.data(), chunk_pos_.data(), false};
-  own.causal = true;
-  if (cached == 0) {
-    own.out = a.out;
-    own.lse = lse_.data();
-    KVC_RETURN_IF_ERROR(PrefillOrDecode(ctx, own));
-  } else {
-    parts_out_.resize(2 * rows * d);
-    parts_lse_.resize(2 * rows);
-    cache.out = parts_out_.data();
-    cache.lse = parts_lse_.data();
-    own.out = parts_out_.data() + rows * d;
-    own.lse = parts_lse_.data() + rows;
-    KVC_RETURN_IF_ERROR(PrefillOrDecode(ctx, cache));
-    KVC_RETURN_IF_ERROR(PrefillOrDecode(ctx, own));
-    KVC_RETURN_IF_ERROR(k::MergeStates(
-        ctx, {parts_out_.data(), parts_lse_.data(), 2, static_cast<int64_t>(rows), d, a.out, lse_.data()}));
+  list_ptr_.resize(hkv + 1);
+  list_idx_.resize(static_cast<size_t>(gather_ptr_[hkv]) + static_cast<size_t>(hkv) * n);
+  list_pos_.resize(list_idx_.size());
+  list_ptr_[0] = 0;
+  for (int32_t h = 0; h < hkv; ++h) {
+    int32_t at = list_ptr_[h];
+    for (int32_t e = gather_ptr_[h]; e < gather_ptr_[h + 1]; ++e, ++at) {
+      list_idx_[at] = gather_idx_[e];
+      list_pos_[at] = gather_pos_[e];
+    }
+    for (int64_t i = 0; i < n; ++i, ++at) {
+      list_idx_[at] = static_cast<int32_t>(slots + i);
+      list_pos_[at] = chunk_pos_[i];
+    }
+    list_ptr_[h + 1] = at;
   }
 
-  // EMA scores of the cache and of the chunk's tokens under the merged
-  // normaliser (a second, scores-only pass over the keys).
+  // Attention over [cache | chunk (causal)] in one call, and the EMA scores
+  // of both under its lse (the kernel's second pass over the keys): the
+  // cache's scores, then zeros for the chunk's tokens, [Hkv][slots + n].
+  k::PrefillArgs p;
+  p.q = a.q;
+  p.q_positions = chunk_pos_.data();
+  p.num_q = n;
+  p.num_q_heads = config_.n_heads;
+  p.kv = pool;
+  p.gather = k::KvGather{list_ptr_.data(), list_idx_.data(), list_pos_.data(), true};
+  p.causal = true;
+  p.rope = ModelRope(config_);
+  p.out = a.out;
+  p.lse = a.lse;
   chunk_scores_.assign(static_cast<size_t>(hkv) * n, 0.0f);
   if (scored()) {
-    const k::ScoreAccum accum{k::ScoreMode::kEma, k::GroupReduce::kMax, options_.beta, 0, st.scores, lse_.data()};
-    if (cached > 0) {
-      cache.out = nullptr;
-      cache.lse = nullptr;
-      cache.accum = accum;
-      KVC_RETURN_IF_ERROR(PrefillOrDecode(ctx, cache));
+    call_scores_.resize(static_cast<size_t>(hkv) * all);
+    for (int32_t h = 0; h < hkv; ++h) {
+      std::copy_n(st.scores + h * slots, slots, call_scores_.begin() + h * all);
+      std::fill_n(call_scores_.begin() + h * all + slots, n, 0.0f);
     }
-    own.out = nullptr;
-    own.lse = nullptr;
-    own.accum = accum;
-    own.accum.scores = chunk_scores_.data();
-    KVC_RETURN_IF_ERROR(PrefillOrDecode(ctx, own));
+    p.accum = k::ScoreAccum{k::ScoreMode::kEma, k::GroupReduce::kMax, options_.beta, 0, call_scores_.data(), nullptr};
+  }
+  KVC_RETURN_IF_ERROR(PrefillOrDecode(ctx, p));
+  if (scored()) {
+    for (int32_t h = 0; h < hkv; ++h) {
+      std::copy_n(call_scores_.begin() + h * all, slots, st.scores + h * slots);
+      std::copy_n(call_scores_.begin() + h * all + slots, n, chunk_scores_.begin() + h * n);
+    }
   }
 
   // Push the chunk; keep what left, per head.
@@ -167,8 +196,8 @@ absl::Status Cascading::Attend(const k::ExecContext& ctx, const model::AttendArg
   ev.positions.resize(static_cast<size_t>(hkv) * n);
   k::CascadeInsertArgs ins;
   ins.state = &st;
-  ins.k = chunk_pool.k;
-  ins.v = chunk_pool.v;
+  ins.k = layer.k.data() + slots * row;
+  ins.v = layer.v.data() + slots * row;
   ins.scores = chunk_scores_.data();
   ins.positions = orig_pos_.data();
   ins.num_tokens = n;
@@ -178,8 +207,6 @@ absl::Status Cascading::Attend(const k::ExecContext& ctx, const model::AttendArg
   ins.evicted_count = ev.count.data();
   KVC_RETURN_IF_ERROR(k::CascadeInsert(ctx, ins));
 
-  if (a.lse != nullptr) std::copy(lse_.begin(), lse_.end(), a.lse);
-
   if (a.layer == 0) stats_.attended_last_step = 0;
   const int64_t pairs = n * cached + n * (n + 1) / 2;
   stats_.attended_last_step += pairs;
@@ -188,7 +215,7 @@ absl::Status Cascading::Attend(const k::ExecContext& ctx, const model::AttendArg
 }
 
 size_t Cascading::bytes_per_token() const {
-  return (chunk_.slot_bytes() + (scored() ? 8u : 4u) * config_.n_kv_heads) * config_.n_layers;
+  return (2 * row_bytes() + (scored() ? 8u : 4u) * config_.n_kv_heads) * config_.n_layers;
 }
 
 PolicyStats Cascading::stats() const {

@@ -3,8 +3,11 @@
 // older they are, scored by an EMA of the attention they receive. Each
 // chunk (prefill stride, or one decode token) attends [sinks | cache |
 // chunk (causal)] at cache-relative positions (or original ones), then is
-// pushed into the cache. With C = 1 this is StreamingLLM (sinks + the last
-// W tokens) and no scores are computed.
+// pushed into the cache. The chunk's keys and values are written after the
+// cascade's slots in the same buffers, so that attention and the score
+// update over both are one kernel call (one list per KV head) with the
+// call's own lse. With C = 1 this is StreamingLLM (sinks + the last W
+// tokens) and no scores are computed.
 #ifndef KVC_WORKER_CACHE_CASCADING_H_
 #define KVC_WORKER_CACHE_CASCADING_H_
 
@@ -13,7 +16,6 @@
 #include <vector>
 
 #include "kernels/cascade.h"
-#include "worker/cache/layer_kv.h"
 #include "worker/cache/policy.h"
 #include "worker/model/checkpoint.h"
 
@@ -46,6 +48,9 @@ class Cascading : public CachePolicy {
 
  private:
   struct Layer {
+    // [total_slots + chunk][Hkv][D]: the cascade's slots (CascadeState::k,
+    // v), then the chunk being attended, so one gathered list per head
+    // covers [cache | chunk] in a single attention call.
     std::vector<uint8_t> k, v;
     std::vector<float> scores;
     std::vector<int32_t> positions, ring_start, ring_count;
@@ -53,15 +58,15 @@ class Cascading : public CachePolicy {
   };
   Cascading(const model::ModelConfig& config, const CascadingOptions& options);
   bool scored() const { return options_.num_subcaches > 1; }
+  size_t row_bytes() const;  // one slot's keys (or values), every KV head
 
   model::ModelConfig config_;
   CascadingOptions options_;
   kernels::CascadeConfig cascade_;
   std::vector<Layer> layers_;
   // Per-call scratch.
-  LayerKv chunk_;
-  std::vector<int32_t> gather_ptr_, gather_idx_, gather_pos_, chunk_ptr_, chunk_idx_, chunk_pos_, orig_pos_;
-  std::vector<float> chunk_scores_, parts_out_, parts_lse_, lse_;
+  std::vector<int32_t> gather_ptr_, gather_idx_, gather_pos_, list_ptr_, list_idx_, list_pos_, chunk_pos_, orig_pos_;
+  std::vector<float> call_scores_, chunk_scores_;
   Evictions evictions_;
   PolicyStats stats_;
 };

@@ -14,7 +14,8 @@
 //    (12 x 32 on v4, 6 x 16 on v3). Lanes run along the outputs: for each
 //    d < k, the tile adds x[i][d] (a broadcast, read from x in place) times
 //    a row of a W^T panel ([k][kPanelCols], W transposed and widened to fp32
-//    once per task) to kTileRows x kTileVecs accumulators. FMA-bound.
+//    once per task, or read from the caller's LinearPack, laid out once per
+//    model) to kTileRows x kTileVecs accumulators. FMA-bound.
 // The two tilings sum in different orders, so a row may differ in its last
 // bits between m = 1 and a batch (as dense.h says).
 #include <algorithm>
@@ -46,9 +47,10 @@ constexpr int kTileRows = 6, kTileVecs = 2;
 constexpr int kPanelCols = kTileVecs * kVecLanes;  // W rows per W^T panel
 constexpr int64_t kMaxPanelsPerTask = 4;
 constexpr int64_t kTasksPerThread = 4;
-// Below this many multiply-adds a call runs on the calling thread: waking
-// the pool costs more than it saves.
-constexpr int64_t kMinParallelMacs = int64_t{1} << 21;
+// Below this many multiply-adds a call runs on the calling thread: a pool
+// call costs a few microseconds even with its workers spinning (from 64K
+// up, a decode GEMV of stories15M, both threads stream W faster).
+constexpr int64_t kMinParallelMacs = int64_t{1} << 16;
 
 ThreadPool& PoolOf(const ExecContext& ctx) {
   return ctx.pool != nullptr ? *ctx.pool : DefaultThreadPool();
@@ -161,19 +163,20 @@ void PackWPanel(const LinearArgs& a, int64_t g, float* dst) {
 }
 
 // y[i0 + r][j0 + c] for r < rows, c < cols: `x` points at x row i0 (row
-// stride k), `wt` at a W^T panel, `y` at (i0, j0) (row stride n). kRows <=
-// kTileRows rows are computed (rows past `rows` repeat the last one; their
-// sums are dropped); the caller picks the smallest kRows that covers rows.
+// stride k), `wt` at a W^T panel (row stride ld floats), `y` at (i0, j0)
+// (row stride n). kRows <= kTileRows rows are computed (rows past `rows`
+// repeat the last one; their sums are dropped); the caller picks the
+// smallest kRows that covers rows.
 template <int kRows>
-inline void Tile(const float* x, const float* wt, int32_t k, int32_t n, float* y, int rows,
-                 int cols, bool accumulate) {
+inline void Tile(const float* x, const float* wt, int64_t ld, int32_t k, int32_t n, float* y,
+                 int rows, int cols, bool accumulate) {
   VecF acc[kRows][kTileVecs] = {};
   const float* xr[kRows];
   for (int r = 0; r < kRows; ++r) xr[r] = x + static_cast<int64_t>(std::min(r, rows - 1)) * k;
   for (int32_t d = 0; d < k; ++d) {
     VecF wv[kTileVecs];
     for (int v = 0; v < kTileVecs; ++v) {
-      wv[v] = LoadVec(wt + static_cast<int64_t>(d) * kPanelCols + v * kVecLanes);
+      wv[v] = LoadVec(wt + d * ld + v * kVecLanes);
     }
     for (int r = 0; r < kRows; ++r) {
       const VecF xb = SplatVec(xr[r][d]);
@@ -190,14 +193,29 @@ inline void Tile(const float* x, const float* wt, int32_t k, int32_t n, float* y
   }
 }
 
+// A LinearPack panel holds kPacked of this ISA's W^T panels side by side.
+constexpr int kPacked = LinearPack::kPanelCols / kPanelCols;
+static_assert(kPacked * kPanelCols == LinearPack::kPanelCols);
+
 // W^T panels [g_begin, g_end) against row panels [p_begin, p_end) of x
 // (kTileRows rows each); each row panel is reused from L1 by every W^T
-// panel. `wt`: scratch for (g_end - g_begin) W^T panels.
+// panel. The panels are read from a.pack when there is one, else laid out
+// into `wt` (scratch for g_end - g_begin W^T panels) first.
 template <class W>
 void GemmPanels(const LinearArgs& a, int64_t g_begin, int64_t g_end, int64_t p_begin,
                 int64_t p_end, float* wt) {
   const int64_t panel_floats = static_cast<int64_t>(a.k) * kPanelCols;
-  for (int64_t g = g_begin; g < g_end; ++g) PackWPanel<W>(a, g, wt + (g - g_begin) * panel_floats);
+  int64_t ld = kPanelCols;
+  auto panel = [&](int64_t g) { return wt + (g - g_begin) * panel_floats; };
+  if (a.pack != nullptr) {
+    ld = LinearPack::kPanelCols;
+  } else {
+    for (int64_t g = g_begin; g < g_end; ++g) PackWPanel<W>(a, g, panel(g));
+  }
+  auto panel_of = [&](int64_t g) -> const float* {
+    if (a.pack == nullptr) return panel(g);
+    return a.pack->panels.get() + (g / kPacked) * a.k * ld + (g % kPacked) * kPanelCols;
+  };
   for (int64_t p = p_begin; p < p_end; ++p) {
     const int64_t i0 = p * kTileRows;
     const int rows = static_cast<int>(std::min<int64_t>(kTileRows, a.m - i0));
@@ -205,14 +223,14 @@ void GemmPanels(const LinearArgs& a, int64_t g_begin, int64_t g_end, int64_t p_b
     for (int64_t g = g_begin; g < g_end; ++g) {
       const int64_t j0 = g * kPanelCols;
       const int cols = static_cast<int>(std::min<int64_t>(kPanelCols, a.n - j0));
-      const float* wp = wt + (g - g_begin) * panel_floats;
+      const float* wp = panel_of(g);
       float* y = a.y + i0 * a.n + j0;
       if (rows <= kTileRows / 4) {
-        Tile<kTileRows / 4>(xp, wp, a.k, a.n, y, rows, cols, a.accumulate);
+        Tile<kTileRows / 4>(xp, wp, ld, a.k, a.n, y, rows, cols, a.accumulate);
       } else if (rows <= kTileRows / 2) {
-        Tile<kTileRows / 2>(xp, wp, a.k, a.n, y, rows, cols, a.accumulate);
+        Tile<kTileRows / 2>(xp, wp, ld, a.k, a.n, y, rows, cols, a.accumulate);
       } else {
-        Tile<kTileRows>(xp, wp, a.k, a.n, y, rows, cols, a.accumulate);
+        Tile<kTileRows>(xp, wp, ld, a.k, a.n, y, rows, cols, a.accumulate);
       }
     }
   }
@@ -237,8 +255,8 @@ absl::Status Gemm(ThreadPool& pool, bool parallel, const LinearArgs& a) {
   const size_t wt_floats = static_cast<size_t>(panels_per_task) * a.k * kPanelCols;
   std::atomic<bool> out_of_memory{false};
   pool.ParallelFor(col_tasks * row_tasks, 1, [&](int64_t begin, int64_t end) {
-    float* wt = PanelScratch(wt_floats);
-    if (wt == nullptr) {
+    float* wt = a.pack != nullptr ? nullptr : PanelScratch(wt_floats);
+    if (wt == nullptr && a.pack == nullptr) {
       out_of_memory.store(true, std::memory_order_relaxed);
       return;
     }

@@ -29,8 +29,9 @@ absl::Status Prefill(const ExecContext& ctx, const PrefillArgs& args) {
     if (!own_lse) return absl::ResourceExhaustedError("Prefill: cannot allocate lse scratch");
     lse = own_lse.get();
   }
-  if (attend) KVC_RETURN_IF_ERROR(PrefillAttend(pool, args, setup, lse));
-  if (!accumulate) return absl::OkStatus();
+  bool scores_done = false;
+  if (attend) KVC_RETURN_IF_ERROR(PrefillAttend(pool, args, setup, lse, &scores_done));
+  if (!accumulate || scores_done) return absl::OkStatus();
   return PrefillScores(pool, args, setup, args.accum.lse != nullptr ? args.accum.lse : lse);
 }
 

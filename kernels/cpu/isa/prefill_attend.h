@@ -14,8 +14,10 @@ namespace kvc::kernels::KVC_CPU_NS {
 // Writes args.out (when non-null) and lse [num_q][Hq] (when non-null).
 // REQUIRES: setup prepared kv-head-major. ResourceExhausted when scratch
 // cannot be allocated.
+// *scores_done: whether args.accum was applied too (fused; see
+// prefill_attend.cc), so that no score pass is needed.
 absl::Status PrefillAttend(ThreadPool& pool, const PrefillArgs& args, const AttentionSetup& setup,
-                           float* lse);
+                           float* lse, bool* scores_done);
 
 }  // namespace kvc::kernels::KVC_CPU_NS
 
