@@ -341,7 +341,9 @@ TEST(CombinedTest, FullStepsReselectAndAttendEverythingOrTheRebuiltSet) {
       }
       EXPECT_EQ(checked, 2 * 30);
       EXPECT_EQ(p->full_steps(), 2 * 30);
-      if (!hot_output) EXPECT_EQ(p->stats().attended_last_step, full.stats().attended_last_step);
+      if (!hot_output) {
+        EXPECT_EQ(p->stats().attended_last_step, full.stats().attended_last_step);
+      }
     }
   }
 }

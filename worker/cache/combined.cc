@@ -118,6 +118,7 @@ absl::Status Combined::GrowFlags(Layer& layer, int64_t tokens) {
   try {
     hot.assign(static_cast<size_t>(hkv) * cap, 0);
     layer.in_selection.resize(cap, 0);
+    layer.evicted_any.resize(cap, 0);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat("combined: no memory for ", cap, " tokens' flags"));
   }
@@ -171,33 +172,36 @@ absl::Status Combined::Attend(const k::ExecContext& ctx, const model::AttendArgs
   return absl::OkStatus();
 }
 
-absl::Status Combined::Select(const k::ExecContext& ctx, const model::AttendArgs& a, Layer& layer) {
-  const int32_t hq = config_.n_heads, hkv = config_.n_kv_heads, d = config_.head_dim();
+absl::Status Combined::Fingerprint(const k::ExecContext& ctx, const float* q, int64_t num_q) {
+  const int32_t hq = config_.n_heads, d = config_.head_dim();
   qbar_.resize(static_cast<size_t>(hq) * d);
   k::FingerprintArgs f;
-  f.q = a.q;
-  f.num_q = a.num_tokens;
+  f.q = q;
+  f.num_q = num_q;
   f.num_q_heads = hq;
   f.head_dim = d;
   f.rope = ModelRope(config_);
   f.base_position = kSelectDistance;
   f.qbar = qbar_.data();
-  KVC_RETURN_IF_ERROR(k::QueryFingerprint(ctx, f));
+  return k::QueryFingerprint(ctx, f);
+}
+
+void Combined::CollectCandidates(const Layer& layer) {
+  candidates_.clear();
+  for (int64_t t = 0; t < layer.length; ++t) {
+    if (layer.evicted_any[t]) candidates_.push_back(static_cast<int32_t>(t));
+  }
+}
+
+absl::Status Combined::Select(const k::ExecContext& ctx, const model::AttendArgs& a, Layer& layer) {
+  const int32_t hq = config_.n_heads;
+  KVC_RETURN_IF_ERROR(Fingerprint(ctx, a.q, a.num_tokens));
   if (layer.selection_cache.ShouldReuse(qbar_)) {
     ++selection_hits_;
     return absl::OkStatus();
   }
-  // Candidates: the past tokens some head has evicted.
   const int64_t past = layer.length;
-  candidates_.clear();
-  for (int64_t t = 0; t < past; ++t) {
-    for (int32_t h = 0; h < hkv; ++h) {
-      if (layer.hot[static_cast<size_t>(h) * layer.flag_capacity + t] == 0) {
-        candidates_.push_back(static_cast<int32_t>(t));
-        break;
-      }
-    }
-  }
+  CollectCandidates(layer);
   const int64_t num = static_cast<int64_t>(candidates_.size());
   if (num <= options_.select_k) {
     next_ = candidates_;
@@ -482,15 +486,7 @@ absl::Status Combined::FullAttend(const k::ExecContext& ctx, const model::Attend
   // S from this step's probabilities: max over heads, pooled along token
   // order over the candidates, the top select_k (equal: the older).
   if (options_.select_k > 0) {
-    candidates_.clear();
-    for (int64_t t = 0; t < past; ++t) {
-      for (int32_t h = 0; h < hkv; ++h) {
-        if (layer.hot[static_cast<size_t>(h) * layer.flag_capacity + t] == 0) {
-          candidates_.push_back(static_cast<int32_t>(t));
-          break;
-        }
-      }
-    }
+    CollectCandidates(layer);
     const int64_t num = static_cast<int64_t>(candidates_.size());
     next_ = candidates_;
     if (num > options_.select_k) {
@@ -521,17 +517,7 @@ absl::Status Combined::FullAttend(const k::ExecContext& ctx, const model::Attend
     }
     KVC_RETURN_IF_ERROR(ChangeSelection(ctx, layer, a.layer, next_));
     // Reuse it while the query stays close to this one.
-    const int32_t d = config_.head_dim();
-    qbar_.resize(static_cast<size_t>(hq) * d);
-    k::FingerprintArgs f;
-    f.q = a.q;
-    f.num_q = 1;
-    f.num_q_heads = hq;
-    f.head_dim = d;
-    f.rope = ModelRope(config_);
-    f.base_position = kSelectDistance;
-    f.qbar = qbar_.data();
-    KVC_RETURN_IF_ERROR(k::QueryFingerprint(ctx, f));
+    KVC_RETURN_IF_ERROR(Fingerprint(ctx, a.q, 1));
     layer.selection_cache.Store(qbar_, layer.selected);
   }
   layer.scheduler.Refreshed(query_mean_);
@@ -572,7 +558,11 @@ absl::Status Combined::Push(const k::ExecContext& ctx, Layer& layer, int64_t fir
   const size_t cap = layer.flag_capacity;
   for (int32_t h = 0; h < hkv; ++h) {
     std::fill_n(layer.hot.begin() + h * cap + first, n, uint8_t{1});
-    for (int32_t i = 0; i < ev.count[h]; ++i) layer.hot[h * cap + ev.positions[static_cast<size_t>(h) * n + i]] = 0;
+    for (int32_t i = 0; i < ev.count[h]; ++i) {
+      const int32_t p = ev.positions[static_cast<size_t>(h) * n + i];
+      layer.hot[h * cap + p] = 0;
+      layer.evicted_any[p] = 1;
+    }
   }
   layer.length = first + n;
   if (!options_.less) return absl::OkStatus();
@@ -618,7 +608,7 @@ PolicyStats Combined::stats() const {
   int64_t selected = 0;
   for (const Layer& l : layers_) {
     selected = std::max<int64_t>(selected, static_cast<int64_t>(l.selected.size()));
-    s.resident_bytes += l.length * l.pool.slot_bytes() + l.hot.size() + l.in_selection.size() + l.k.size() +
+    s.resident_bytes += l.length * l.pool.slot_bytes() + l.hot.size() + l.in_selection.size() + l.evicted_any.size() + l.k.size() +
                         l.v.size() + (l.scores.size() + l.positions.size()) * 4 +
                         (l.less_h.size() + l.less_z.size()) * sizeof(float);
   }

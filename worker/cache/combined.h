@@ -107,9 +107,9 @@ class Combined : public CachePolicy {
   absl::Status Attend(const kernels::ExecContext& ctx, const model::AttendArgs& args) override;
   std::string name() const override;
   PolicyStats stats() const override;
-  // A pool slot, a hot flag per KV head and a selection flag, per layer.
+  // A pool slot, a hot flag per KV head, a selection and a candidate flag, per layer.
   size_t bytes_per_token() const override {
-    return (layers_.front().pool.slot_bytes() + config_.n_kv_heads + 1u) * layers_.size();
+    return (layers_.front().pool.slot_bytes() + config_.n_kv_heads + 2u) * layers_.size();
   }
   // Tokens attended per step at most: the hot set and the selection.
   int64_t max_resident_tokens() const override { return cascade_.total_slots() + options_.select_k; }
@@ -137,6 +137,7 @@ class Combined : public CachePolicy {
     int64_t length = 0;                   // tokens in Cf
     std::vector<uint8_t> hot;             // [Hkv][capacity]: token t in H_h
     std::vector<uint8_t> in_selection;    // [capacity]: token t in S
+    std::vector<uint8_t> evicted_any;     // [capacity]: some head evicted token t (a candidate)
     int64_t flag_capacity = 0;
     // The cascade: storage and state.
     std::vector<uint8_t> k, v;
@@ -155,6 +156,10 @@ class Combined : public CachePolicy {
   bool Evicted(const Layer& layer, int32_t head, int32_t token) const {
     return token < layer.length && layer.hot[static_cast<size_t>(head) * layer.flag_capacity + token] == 0;
   }
+  // qbar_ = the fingerprint of num_q queries (rotated to kSelectDistance).
+  absl::Status Fingerprint(const kernels::ExecContext& ctx, const float* q, int64_t num_q);
+  // candidates_ = the tokens some head has evicted, ascending.
+  void CollectCandidates(const Layer& layer);
   // Re-chooses S by TokenSelect when the selection cache misses.
   absl::Status Select(const kernels::ExecContext& ctx, const model::AttendArgs& a, Layer& layer);
   // S := `next` (ascending): folds what leaves and is evicted, unfolds what
