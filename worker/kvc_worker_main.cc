@@ -97,7 +97,7 @@ using kvc::model::Transformer;
 
 constexpr char kUsage[] = R"(run the model with a KV cache policy.
 
-  kvc-worker generate   [--prompt=TEXT --steps=N --temperature=T --top_p=P --policy=SPEC]
+  kvc-worker generate   [--prompt=TEXT --steps=N --temperature=T --top_p=P --policy=SPEC --backend=cpu|cuda]
   kvc-worker perplexity [--text=moby|generated|FILE --tokens=N --policies=A;B --budgets=64,128 --stride=16]
   kvc-worker passkey    [--filler=1024,4096 --trials=20 --policies=A;B --budgets=...]
   kvc-worker speed      [--contexts=1024,8192,32768 --policies=A;B --budgets=...]
@@ -105,7 +105,7 @@ constexpr char kUsage[] = R"(run the model with a KV cache policy.
                          --less_hidden=0 --less_steps=200 --out=FILE]  (then less:inner=...,kernels=FILE)
 
 Policy specs (worker/cache/policy_factory.h): full | streaming | cascading | tokenselect | h2o | snapkv |
-refreshkv | combined | less:inner=cascading|h2o|streaming, each with key=value options, e.g.
+quest | refreshkv | combined | less:inner=cascading|h2o|streaming, each with key=value options, e.g.
 cascading:sinks=4,subcaches=8,beta=0.999; budget=B sizes each policy to B tokens of KV per layer. The model and tokenizer default to the
 stories15M files scripts/setup.sh fetches (run from the repository root).)";
 
