@@ -47,6 +47,37 @@ absl::Status CascadingOptions::Validate() const {
   return absl::OkStatus();
 }
 
+void CascadeStorage::Init(const k::CascadeConfig& config, k::DType dtype, int32_t num_kv_heads, int32_t head_dim) {
+  const size_t slots = config.total_slots(), heads = num_kv_heads;
+  k.assign(slots * heads * head_dim * k::DTypeSize(dtype), 0);
+  v.assign(k.size(), 0);
+  scores.assign(slots * heads, 0.0f);
+  positions.assign(slots * heads, 0);
+  ring_start.assign(static_cast<size_t>(config.num_subcaches) * heads, 0);
+  ring_count.assign(static_cast<size_t>(config.num_subcaches) * heads, 0);
+  state = k::CascadeState{};
+  state.config = config;
+  state.dtype = dtype;
+  state.num_kv_heads = num_kv_heads;
+  state.head_dim = head_dim;
+  state.k = k.data();
+  state.v = v.data();
+  state.scores = scores.data();
+  state.positions = positions.data();
+  state.ring_start = ring_start.data();
+  state.ring_count = ring_count.data();
+}
+
+absl::StatusOr<k::CascadeConfig> MakeCascadeConfig(const CascadingOptions& options) {
+  KVC_RETURN_IF_ERROR(options.Validate());
+  k::CascadeConfig cc;
+  cc.num_sinks = options.num_sinks;
+  cc.num_subcaches = options.num_subcaches;
+  cc.subcache_slots = options.window / options.num_subcaches;
+  KVC_RETURN_IF_ERROR(cc.Validate());
+  return cc;
+}
+
 Cascading::Cascading(const model::ModelConfig& config, const CascadingOptions& options)
     : config_(config), options_(options) {}
 
@@ -58,33 +89,11 @@ absl::StatusOr<std::unique_ptr<Cascading>> Cascading::Create(const model::ModelC
                                                              const CascadingOptions& options) {
   KVC_RETURN_IF_ERROR(options.Validate());
   auto p = std::unique_ptr<Cascading>(new Cascading(config, options));
-  k::CascadeConfig& cc = p->cascade_;
-  cc.num_sinks = options.num_sinks;
-  cc.num_subcaches = options.num_subcaches;
-  cc.subcache_slots = options.window / options.num_subcaches;
-  KVC_RETURN_IF_ERROR(cc.Validate());
-  const int32_t hkv = config.n_kv_heads, slots = cc.total_slots();
-  const size_t bytes = static_cast<size_t>(slots) * hkv * config.head_dim() * k::DTypeSize(options.kv_dtype);
+  KVC_ASSIGN_OR_RETURN(p->cascade_, MakeCascadeConfig(options));
+  const int32_t hkv = config.n_kv_heads, slots = p->cascade_.total_slots();
   p->layers_.resize(config.n_layers);
-  for (Layer& l : p->layers_) {
-    l.k.assign(bytes, 0);  // grows by a chunk's rows on the first Attend
-    l.v.assign(bytes, 0);
-    l.scores.assign(static_cast<size_t>(slots) * hkv, 0.0f);
-    l.positions.assign(static_cast<size_t>(slots) * hkv, 0);
-    l.ring_start.assign(static_cast<size_t>(cc.num_subcaches) * hkv, 0);
-    l.ring_count.assign(static_cast<size_t>(cc.num_subcaches) * hkv, 0);
-    k::CascadeState& st = l.state;
-    st.config = cc;
-    st.dtype = options.kv_dtype;
-    st.num_kv_heads = hkv;
-    st.head_dim = config.head_dim();
-    st.k = l.k.data();
-    st.v = l.v.data();
-    st.scores = l.scores.data();
-    st.positions = l.positions.data();
-    st.ring_start = l.ring_start.data();
-    st.ring_count = l.ring_count.data();
-  }
+  // k and v grow by a chunk's rows on the first Attend.
+  for (Layer& l : p->layers_) l.Init(p->cascade_, options.kv_dtype, hkv, config.head_dim());
   p->gather_ptr_.resize(hkv + 1);
   p->gather_idx_.resize(static_cast<size_t>(slots) * hkv);
   p->gather_pos_.resize(static_cast<size_t>(slots) * hkv);

@@ -31,6 +31,21 @@ struct CascadingOptions {
   absl::Status Validate() const;
 };
 
+// Host storage of one layer's cascade, zeroed, with `state` pointing into
+// it (the cascading and combined policies). k and v may grow past the
+// cascade's slots (Cascading keeps a chunk there); state.k / state.v must
+// then be re-pointed.
+struct CascadeStorage {
+  void Init(const kernels::CascadeConfig& config, kernels::DType dtype, int32_t num_kv_heads, int32_t head_dim);
+  std::vector<uint8_t> k, v;  // [total_slots][Hkv][D]
+  std::vector<float> scores;
+  std::vector<int32_t> positions, ring_start, ring_count;
+  kernels::CascadeState state;
+};
+
+// The cascade of `options` (sinks, sub-caches, window / sub-caches slots each).
+absl::StatusOr<kernels::CascadeConfig> MakeCascadeConfig(const CascadingOptions& options);
+
 class Cascading : public CachePolicy {
  public:
   // Validate() the options first; a bad option is reported by Create.
@@ -47,15 +62,10 @@ class Cascading : public CachePolicy {
   const kernels::CascadeState& state(int32_t layer) const { return layers_[layer].state; }
 
  private:
-  struct Layer {
-    // [total_slots + chunk][Hkv][D]: the cascade's slots (CascadeState::k,
-    // v), then the chunk being attended, so one gathered list per head
-    // covers [cache | chunk] in a single attention call.
-    std::vector<uint8_t> k, v;
-    std::vector<float> scores;
-    std::vector<int32_t> positions, ring_start, ring_count;
-    kernels::CascadeState state;
-  };
+  // k, v: [total_slots + chunk][Hkv][D], the cascade's slots, then the
+  // chunk being attended, so one gathered list per head covers
+  // [cache | chunk] in a single attention call.
+  using Layer = CascadeStorage;
   Cascading(const model::ModelConfig& config, const CascadingOptions& options);
   bool scored() const { return options_.num_subcaches > 1; }
   size_t row_bytes() const;  // one slot's keys (or values), every KV head

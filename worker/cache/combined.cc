@@ -38,37 +38,16 @@ absl::StatusOr<std::unique_ptr<Combined>> Combined::Create(const model::ModelCon
                                                            const CombinedOptions& options) {
   KVC_RETURN_IF_ERROR(options.Validate());
   auto p = std::unique_ptr<Combined>(new Combined(config, options));
-  k::CascadeConfig& cc = p->cascade_;
-  cc.num_sinks = options.hot.num_sinks;
-  cc.num_subcaches = options.hot.num_subcaches;
-  cc.subcache_slots = options.hot.window / options.hot.num_subcaches;
-  KVC_RETURN_IF_ERROR(cc.Validate());
+  KVC_ASSIGN_OR_RETURN(p->cascade_, MakeCascadeConfig(options.hot));
   const LessOptions& lo = options.less_options;
   p->map_ = lo.positive_features ? k::PositiveRandomFeatureMap(config.head_dim(), lo.rank, lo.seed)
                                  : k::RandomFeatureMap(config.head_dim(), lo.rank, lo.seed);
-  const int32_t hkv = config.n_kv_heads, slots = cc.total_slots();
-  const size_t bytes = static_cast<size_t>(slots) * hkv * config.head_dim() * k::DTypeSize(options.hot.kv_dtype);
+  const int32_t hkv = config.n_kv_heads, slots = p->cascade_.total_slots();
   p->layers_.reserve(config.n_layers);
   for (int32_t i = 0; i < config.n_layers; ++i) {
     p->layers_.emplace_back(config, options);
     Layer& l = p->layers_.back();
-    l.k.assign(bytes, 0);
-    l.v.assign(bytes, 0);
-    l.scores.assign(static_cast<size_t>(slots) * hkv, 0.0f);
-    l.positions.assign(static_cast<size_t>(slots) * hkv, 0);
-    l.ring_start.assign(static_cast<size_t>(cc.num_subcaches) * hkv, 0);
-    l.ring_count.assign(static_cast<size_t>(cc.num_subcaches) * hkv, 0);
-    k::CascadeState& st = l.cascade;
-    st.config = cc;
-    st.dtype = options.hot.kv_dtype;
-    st.num_kv_heads = hkv;
-    st.head_dim = config.head_dim();
-    st.k = l.k.data();
-    st.v = l.v.data();
-    st.scores = l.scores.data();
-    st.positions = l.positions.data();
-    st.ring_start = l.ring_start.data();
-    st.ring_count = l.ring_count.data();
+    l.store.Init(p->cascade_, options.hot.kv_dtype, hkv, config.head_dim());
     if (options.less) {
       l.less_h.assign(static_cast<size_t>(hkv) * lo.rank * config.head_dim(), 0.0f);
       l.less_z.assign(static_cast<size_t>(hkv) * lo.rank, 0.0f);
@@ -100,7 +79,7 @@ std::string Combined::name() const {
 std::vector<int32_t> Combined::hot_set(int32_t layer, int32_t kv_head) const {
   const Layer& l = layers_[layer];
   std::vector<int32_t> ptr(config_.n_kv_heads + 1), idx(gather_idx_.size()), pos(gather_pos_.size());
-  const absl::Status s = k::CascadeGather(k::ExecContext{}, {&l.cascade, true, ptr.data(), idx.data(), pos.data()});
+  const absl::Status s = k::CascadeGather(k::ExecContext{}, {&l.store.state, true, ptr.data(), idx.data(), pos.data()});
   if (!s.ok()) return {};
   return std::vector<int32_t>(pos.begin() + ptr[kv_head], pos.begin() + ptr[kv_head + 1]);
 }
@@ -293,7 +272,7 @@ absl::Status Combined::SparseAttend(const k::ExecContext& ctx, const model::Atte
                                     bool select) {
   const int64_t n = a.num_tokens, past = layer.length;
   const int32_t hkv = config_.n_kv_heads, hq = config_.n_heads, d = config_.head_dim();
-  k::CascadeState& st = layer.cascade;
+  k::CascadeState& st = layer.store.state;
   const bool evicting = k::CascadeStoredTokens(cascade_, past) < past;
   if (select && options_.select_k > 0 && evicting) KVC_RETURN_IF_ERROR(Select(ctx, a, layer));
 
@@ -447,7 +426,7 @@ absl::Status Combined::SparseAttend(const k::ExecContext& ctx, const model::Atte
 absl::Status Combined::FullAttend(const k::ExecContext& ctx, const model::AttendArgs& a, Layer& layer) {
   const int64_t past = layer.length, total = past + 1;
   const int32_t hkv = config_.n_kv_heads, hq = config_.n_heads;
-  k::CascadeState& st = layer.cascade;
+  k::CascadeState& st = layer.store.state;
 
   // Every token at its original position; the query's probabilities per KV
   // head (max over its group) into full_scores_ [Hkv][total].
@@ -543,7 +522,7 @@ absl::Status Combined::Push(const k::ExecContext& ctx, Layer& layer, int64_t fir
   orig_pos_.resize(n);
   for (int64_t i = 0; i < n; ++i) orig_pos_[i] = static_cast<int32_t>(first + i);
   k::CascadeInsertArgs ins;
-  ins.state = &layer.cascade;
+  ins.state = &layer.store.state;
   ins.k = static_cast<const uint8_t*>(pool.k) + first * row_bytes;
   ins.v = static_cast<const uint8_t*>(pool.v) + first * row_bytes;
   ins.scores = chunk_scores_.data();
@@ -608,8 +587,8 @@ PolicyStats Combined::stats() const {
   int64_t selected = 0;
   for (const Layer& l : layers_) {
     selected = std::max<int64_t>(selected, static_cast<int64_t>(l.selected.size()));
-    s.resident_bytes += l.length * l.pool.slot_bytes() + l.hot.size() + l.in_selection.size() + l.evicted_any.size() + l.k.size() +
-                        l.v.size() + (l.scores.size() + l.positions.size()) * 4 +
+    s.resident_bytes += l.length * l.pool.slot_bytes() + l.hot.size() + l.in_selection.size() + l.evicted_any.size() + l.store.k.size() +
+                        l.store.v.size() + (l.store.scores.size() + l.store.positions.size()) * 4 +
                         (l.less_h.size() + l.less_z.size()) * sizeof(float);
   }
   s.resident_tokens = k::CascadeStoredTokens(cascade_, s.tokens_seen) + selected;

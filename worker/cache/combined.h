@@ -118,7 +118,7 @@ class Combined : public CachePolicy {
   // positions in age order. The selection of `layer`: ascending positions.
   std::vector<int32_t> hot_set(int32_t layer, int32_t kv_head) const;
   const std::vector<int32_t>& selection(int32_t layer) const { return layers_[layer].selected; }
-  const kernels::CascadeState& cascade(int32_t layer) const { return layers_[layer].cascade; }
+  const kernels::CascadeState& cascade(int32_t layer) const { return layers_[layer].store.state; }
   // LESS state of `layer`: H [Hkv][R][D], z [Hkv][R]; tokens folded per head.
   const std::vector<float>& state_h(int32_t layer) const { return layers_[layer].less_h; }
   const std::vector<float>& state_z(int32_t layer) const { return layers_[layer].less_z; }
@@ -139,11 +139,7 @@ class Combined : public CachePolicy {
     std::vector<uint8_t> in_selection;    // [capacity]: token t in S
     std::vector<uint8_t> evicted_any;     // [capacity]: some head evicted token t (a candidate)
     int64_t flag_capacity = 0;
-    // The cascade: storage and state.
-    std::vector<uint8_t> k, v;
-    std::vector<float> scores;
-    std::vector<int32_t> positions, ring_start, ring_count;
-    kernels::CascadeState cascade;
+    CascadeStorage store;  // the cascade (store.state)
     std::vector<int32_t> selected;  // S, ascending
     kernels::SelectionCache selection_cache;
     std::vector<float> less_h, less_z;
