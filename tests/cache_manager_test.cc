@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/model_test_util.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/transformer.h"
 
@@ -14,15 +15,7 @@ namespace kvc::cache {
 namespace {
 
 model::ModelConfig SmallConfig() {
-  model::ModelConfig c;
-  c.dim = 64;
-  c.hidden_dim = 96;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.vocab_size = 50;
-  c.seq_len = 64;
-  return c;
+  return testing::ModelShape(64, 96, 2, 4, 2, 50);
 }
 
 // Per token, full attention with f32 KV holds 2 layers x (k + v) x 2 heads

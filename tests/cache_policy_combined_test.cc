@@ -29,6 +29,7 @@
 #include "kernels/less.h"
 #include "kernels/ref/ref_util.h"
 #include "tests/kernel_test_util.h"
+#include "tests/model_test_util.h"
 #include "worker/cache/cascading.h"
 #include "worker/cache/combined.h"
 #include "worker/cache/full_attention.h"
@@ -45,15 +46,7 @@ using kernels::testing::RelErrorByNorm;
 constexpr int32_t kLayers = 2, kHq = 4, kHkv = 2, kD = 16, kGroup = kHq / kHkv;
 
 model::ModelConfig Config() {
-  model::ModelConfig c;
-  c.dim = kHq * kD;
-  c.hidden_dim = 96;
-  c.n_layers = kLayers;
-  c.n_heads = kHq;
-  c.n_kv_heads = kHkv;
-  c.vocab_size = 50;
-  c.seq_len = 64;
-  return c;
+  return testing::ModelShape(kHq * kD, 96, kLayers, kHq, kHkv, 50);
 }
 
 struct Call {

@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "kernels/ref/ref_util.h"
 #include "tests/kernel_test_util.h"
+#include "tests/model_test_util.h"
 #include "worker/cache/h2o.h"
 #include "worker/cache/snapkv.h"
 #include "worker/model/checkpoint.h"
@@ -31,15 +32,7 @@ using kernels::testing::RelErrorByNorm;
 constexpr int32_t kHq = 4, kHkv = 2, kD = 16, kGroup = kHq / kHkv;
 
 model::ModelConfig Config() {
-  model::ModelConfig c;
-  c.dim = kHq * kD;
-  c.hidden_dim = 96;
-  c.n_layers = 1;
-  c.n_heads = kHq;
-  c.n_kv_heads = kHkv;
-  c.vocab_size = 50;
-  c.seq_len = 64;
-  return c;
+  return testing::ModelShape(kHq * kD, 96, 1, kHq, kHkv, 50);
 }
 
 struct Chunk {

@@ -22,6 +22,7 @@
 #include "kernels/less.h"
 #include "kernels/ref/ref_util.h"
 #include "tests/kernel_test_util.h"
+#include "tests/model_test_util.h"
 #include "worker/cache/full_attention.h"
 #include "worker/cache/h2o.h"
 #include "worker/cache/less.h"
@@ -39,15 +40,7 @@ using kernels::testing::RoundTrip;
 constexpr int32_t kLayers = 2, kHq = 4, kHkv = 2, kD = 16, kGroup = kHq / kHkv, kRank = 8;
 
 model::ModelConfig Config() {
-  model::ModelConfig c;
-  c.dim = kHq * kD;
-  c.hidden_dim = 96;
-  c.n_layers = kLayers;
-  c.n_heads = kHq;
-  c.n_kv_heads = kHkv;
-  c.vocab_size = 50;
-  c.seq_len = 64;
-  return c;
+  return testing::ModelShape(kHq * kD, 96, kLayers, kHq, kHkv, 50);
 }
 
 // One Attend call: layer, chunk, random inputs.

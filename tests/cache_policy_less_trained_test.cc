@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "kernels/less.h"
 #include "tests/kernel_test_util.h"
+#include "tests/model_test_util.h"
 #include "tests/temp_dir.h"
 #include "worker/cache/less.h"
 #include "worker/cache/less_kernels.h"
@@ -32,15 +33,7 @@ using kernels::testing::RelErrorByNorm;
 constexpr int32_t kLayers = 2, kHq = 4, kHkv = 2, kD = 16, kGroup = kHq / kHkv, kRank = 6;
 
 model::ModelConfig Config() {
-  model::ModelConfig c;
-  c.dim = kHq * kD;
-  c.hidden_dim = 96;
-  c.n_layers = kLayers;
-  c.n_heads = kHq;
-  c.n_kv_heads = kHkv;
-  c.vocab_size = 50;
-  c.seq_len = 64;
-  return c;
+  return testing::ModelShape(kHq * kD, 96, kLayers, kHq, kHkv, 50);
 }
 
 kernels::FeatureMapWeights Map(int32_t hidden, FeatureActivation act, float sq, uint64_t seed) {

@@ -25,6 +25,7 @@
 #include "gtest/gtest.h"
 #include "kernels/ref/ref_util.h"
 #include "tests/kernel_test_util.h"
+#include "tests/model_test_util.h"
 #include "worker/cache/full_attention.h"
 #include "worker/cache/policy_factory.h"
 #include "worker/cache/quest.h"
@@ -40,15 +41,7 @@ using kernels::testing::RelErrorByNorm;
 // ---- In the runtime ----------------------------------------------------------
 
 model::ModelConfig SmallConfig() {
-  model::ModelConfig c;
-  c.dim = 64;
-  c.hidden_dim = 96;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.vocab_size = 50;
-  c.seq_len = 64;
-  return c;
+  return testing::ModelShape(64, 96, 2, 4, 2, 50);
 }
 
 // Prefill of `prompt` tokens then one-token decode steps; the logits of

@@ -30,6 +30,7 @@
 #include "gtest/gtest.h"
 #include "kernels/ref/ref_util.h"
 #include "tests/kernel_test_util.h"
+#include "tests/model_test_util.h"
 #include "worker/cache/full_attention.h"
 #include "worker/cache/policy_factory.h"
 #include "worker/cache/refresh_kv.h"
@@ -45,15 +46,7 @@ using kernels::testing::RelErrorByNorm;
 constexpr int32_t kHq = 4, kHkv = 2, kD = 16, kGroup = kHq / kHkv;
 
 model::ModelConfig Config(int32_t layers = 1) {
-  model::ModelConfig c;
-  c.dim = kHq * kD;
-  c.hidden_dim = 96;
-  c.n_layers = layers;
-  c.n_heads = kHq;
-  c.n_kv_heads = kHkv;
-  c.vocab_size = 50;
-  c.seq_len = 64;
-  return c;
+  return testing::ModelShape(kHq * kD, 96, layers, kHq, kHkv, 50);
 }
 
 // A chunk whose queries are base + eps * noise (eps small: the scheduler's

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/model_test_util.h"
 #include "tests/temp_dir.h"
 
 namespace kvc::model {
@@ -16,15 +17,7 @@ namespace {
 using testing::TempDir;
 
 ModelConfig SmallConfig() {
-  ModelConfig c;
-  c.dim = 64;
-  c.hidden_dim = 96;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.vocab_size = 50;
-  c.seq_len = 32;
-  return c;
+  return testing::ModelShape(64, 96, 2, 4, 2, 50, 32);
 }
 
 std::string ReadAll(const std::string& path) {

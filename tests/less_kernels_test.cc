@@ -13,6 +13,7 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/model_test_util.h"
 #include "tests/temp_dir.h"
 #include "worker/cache/policy_factory.h"
 
@@ -23,15 +24,7 @@ using kernels::FeatureActivation;
 using kernels::FeatureMapWeights;
 
 model::ModelConfig Config() {
-  model::ModelConfig c;
-  c.dim = 64;
-  c.hidden_dim = 96;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.vocab_size = 50;
-  c.seq_len = 64;
-  return c;
+  return testing::ModelShape(64, 96, 2, 4, 2, 50);
 }
 
 FeatureMapWeights Map(int32_t d, int32_t hidden, int32_t r, FeatureActivation act, float sq,

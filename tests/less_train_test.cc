@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/model_test_util.h"
 #include "tests/temp_dir.h"
 #include "worker/cache/less_kernels.h"
 #include "worker/cache/policy_factory.h"
@@ -26,17 +27,8 @@ namespace {
 
 constexpr char kInner[] = "cascading:sinks=2,subcaches=2,window=16";
 
-model::ModelConfig Config() {
-  model::ModelConfig c;
-  c.dim = 64;
-  c.hidden_dim = 96;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;  // GQA: each KV head's state serves two query heads
-  c.vocab_size = 50;
-  c.seq_len = 64;
-  return c;
-}
+// GQA: each KV head's state serves two query heads.
+model::ModelConfig Config() { return testing::ModelShape(64, 96, 2, 4, 2, 50); }
 
 LessSamples Collect(int n_tokens, LessSampleOptions o = {}) {
   auto ckpt = model::Checkpoint::Random(Config(), 5, 0.2f);

@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "kernels/device.h"
 #include "tests/kernel_test_util.h"
+#include "tests/model_test_util.h"
 #include "worker/cache/device_full_attention.h"
 #include "worker/cache/full_attention.h"
 #include "worker/cache/policy_factory.h"
@@ -30,17 +31,7 @@ namespace {
 
 using kernels::testing::RelErrorByNorm;
 
-ModelConfig Config(int dim, int hidden, int layers, int heads, int kv_heads, int vocab) {
-  ModelConfig c;
-  c.dim = dim;
-  c.hidden_dim = hidden;
-  c.n_layers = layers;
-  c.n_heads = heads;
-  c.n_kv_heads = kv_heads;
-  c.vocab_size = vocab;
-  c.seq_len = 256;
-  return c;
-}
+using testing::ModelShape;
 
 std::vector<int32_t> RandomTokens(int n, int vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -73,7 +64,7 @@ std::vector<float> RunModel(Transformer& model, AttentionCache& cache, const std
 
 TEST(TransformerCudaTest, RefusedCleanlyWithoutADevice) {
   if (kernels::CudaAvailable().ok()) GTEST_SKIP() << "a CUDA device is present";
-  auto ckpt = *Checkpoint::Random(Config(32, 48, 1, 2, 1, 20), 1, 0.2f);
+  auto ckpt = *Checkpoint::Random(ModelShape(32, 48, 1, 2, 1, 20), 1, 0.2f);
   auto t = Transformer::Create(ckpt.get(), Cuda());
   ASSERT_FALSE(t.ok());
   EXPECT_EQ(t.status().code(), absl::StatusCode::kUnavailable) << t.status();
@@ -84,7 +75,7 @@ TEST(TransformerCudaTest, RefusedCleanlyWithoutADevice) {
 
 TEST(TransformerCudaTest, AgreesWithTheCpuOnRandomModels) {
   if (auto s = kernels::CudaAvailable(); !s.ok()) GTEST_SKIP() << s.message();
-  for (const ModelConfig& c : {Config(64, 96, 2, 4, 2, 50), Config(96, 160, 3, 6, 2, 70)}) {
+  for (const ModelConfig& c : {ModelShape(64, 96, 2, 4, 2, 50), ModelShape(96, 160, 3, 6, 2, 70)}) {
     SCOPED_TRACE(::testing::Message() << "dim " << c.dim << " heads " << c.n_heads << "/" << c.n_kv_heads);
     auto ckpt = *Checkpoint::Random(c, 7, 0.2f);
     TransformerOptions cpu_options;
@@ -113,7 +104,7 @@ TEST(TransformerCudaTest, AgreesWithTheCpuOnRandomModels) {
 
 TEST(TransformerCudaTest, BatchedDecodeMatchesSingleSequences) {
   if (auto s = kernels::CudaAvailable(); !s.ok()) GTEST_SKIP() << s.message();
-  const ModelConfig c = Config(64, 96, 2, 4, 2, 50);
+  const ModelConfig c = ModelShape(64, 96, 2, 4, 2, 50);
   auto ckpt = *Checkpoint::Random(c, 8, 0.2f);
   auto gpu = *Transformer::Create(ckpt.get(), Cuda());
   const std::vector<int32_t> a = RandomTokens(12, c.vocab_size, 4), b = RandomTokens(7, c.vocab_size, 5);

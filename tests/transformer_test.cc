@@ -14,6 +14,7 @@
 
 #include "gtest/gtest.h"
 #include "tests/kernel_test_util.h"
+#include "tests/model_test_util.h"
 #include "tests/naive_llama.h"
 #include "worker/cache/full_attention.h"
 #include "worker/model/checkpoint.h"
@@ -24,17 +25,7 @@ namespace {
 
 using kernels::testing::RelErrorByNorm;
 
-ModelConfig Config(int dim, int hidden, int layers, int heads, int kv_heads, int vocab) {
-  ModelConfig c;
-  c.dim = dim;
-  c.hidden_dim = hidden;
-  c.n_layers = layers;
-  c.n_heads = heads;
-  c.n_kv_heads = kv_heads;
-  c.vocab_size = vocab;
-  c.seq_len = 64;
-  return c;
-}
+using testing::ModelShape;
 
 std::vector<int32_t> RandomTokens(int n, int vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -68,8 +59,8 @@ std::vector<float> Naive(const Checkpoint& ckpt, const std::vector<int32_t>& tok
 
 TEST(TransformerTest, ChunkedPrefillMatchesIndependentModel) {
   // MHA, GQA 2 and GQA 3 (odd head counts), head dims 16, 48 and 24.
-  for (const ModelConfig& c : {Config(64, 96, 2, 4, 2, 50), Config(288, 768, 1, 6, 6, 300),
-                               Config(72, 40, 3, 3, 1, 33)}) {
+  for (const ModelConfig& c : {ModelShape(64, 96, 2, 4, 2, 50), ModelShape(288, 768, 1, 6, 6, 300),
+                               ModelShape(72, 40, 3, 3, 1, 33)}) {
     SCOPED_TRACE(c.ToString());
     // Chunks of 1 run the fused decode GEMVs (wq|wk|wv, w1|w3); larger
     // ones the batch kernels, with and without packed weights.
@@ -91,7 +82,7 @@ TEST(TransformerTest, ChunkedPrefillMatchesIndependentModel) {
 }
 
 TEST(TransformerTest, DecodeStepsAndBatchesMatchPrefill) {
-  const ModelConfig c = Config(64, 96, 2, 4, 2, 50);
+  const ModelConfig c = ModelShape(64, 96, 2, 4, 2, 50);
   Runtime r = Make(c, 5);
   const std::vector<int32_t> a = RandomTokens(20, c.vocab_size, 1), b = RandomTokens(20, c.vocab_size, 2);
   const std::vector<float> want_a = Naive(*r.ckpt, a), want_b = Naive(*r.ckpt, b);
@@ -119,7 +110,7 @@ TEST(TransformerTest, DecodeStepsAndBatchesMatchPrefill) {
 }
 
 TEST(TransformerTest, Bf16WeightsAndKvStayClose) {
-  const ModelConfig c = Config(64, 96, 2, 4, 2, 50);
+  const ModelConfig c = ModelShape(64, 96, 2, 4, 2, 50);
   TransformerOptions o;
   o.weights = kernels::DType::kBF16;
   Runtime r = Make(c, 9, o);
@@ -131,7 +122,7 @@ TEST(TransformerTest, Bf16WeightsAndKvStayClose) {
 }
 
 TEST(TransformerTest, BadInputsAreErrors) {
-  const ModelConfig c = Config(64, 96, 2, 4, 2, 50);
+  const ModelConfig c = ModelShape(64, 96, 2, 4, 2, 50);
   Runtime r = Make(c, 1);
   cache::FullAttention cache(c, kernels::DType::kF32);
   std::vector<float> logits(c.vocab_size);

@@ -1,0 +1,27 @@
+// A model shape for tests of the runtime and the cache policies (random
+// weights come from model::Checkpoint::Random).
+#ifndef KVC_TESTS_MODEL_TEST_UTIL_H_
+#define KVC_TESTS_MODEL_TEST_UTIL_H_
+
+#include <cstdint>
+
+#include "worker/model/checkpoint.h"
+
+namespace kvc::testing {
+
+inline model::ModelConfig ModelShape(int32_t dim, int32_t hidden, int32_t layers, int32_t heads, int32_t kv_heads,
+                                     int32_t vocab, int32_t seq_len = 64) {
+  model::ModelConfig c;
+  c.dim = dim;
+  c.hidden_dim = hidden;
+  c.n_layers = layers;
+  c.n_heads = heads;
+  c.n_kv_heads = kv_heads;
+  c.vocab_size = vocab;
+  c.seq_len = seq_len;
+  return c;
+}
+
+}  // namespace kvc::testing
+
+#endif  // KVC_TESTS_MODEL_TEST_UTIL_H_
