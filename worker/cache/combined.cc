@@ -198,15 +198,13 @@ absl::Status Combined::Select(const k::ExecContext& ctx, const model::AttendArgs
     KVC_RETURN_IF_ERROR(k::TokenSelect(ctx, s));
     for (int32_t& c : next_) c = candidates_[c];
   }
-  KVC_RETURN_IF_ERROR(ChangeSelection(ctx, layer, a.layer, next_));
+  KVC_RETURN_IF_ERROR(ChangeSelection(ctx, layer, next_));
   layer.selection_cache.Store(qbar_, layer.selected);
   ++selections_;
   return absl::OkStatus();
 }
 
-absl::Status Combined::ChangeSelection(const k::ExecContext& ctx, Layer& layer, int32_t layer_index,
-                                       const std::vector<int32_t>& next) {
-  (void)layer_index;
+absl::Status Combined::ChangeSelection(const k::ExecContext& ctx, Layer& layer, const std::vector<int32_t>& next) {
   std::vector<int32_t> leaving, coming;
   std::set_difference(layer.selected.begin(), layer.selected.end(), next.begin(), next.end(),
                       std::back_inserter(leaving));
@@ -494,7 +492,7 @@ absl::Status Combined::FullAttend(const k::ExecContext& ctx, const model::Attend
       for (int32_t i = 0; i < options_.select_k; ++i) next_[i] = candidates_[order[i]];
       std::sort(next_.begin(), next_.end());
     }
-    KVC_RETURN_IF_ERROR(ChangeSelection(ctx, layer, a.layer, next_));
+    KVC_RETURN_IF_ERROR(ChangeSelection(ctx, layer, next_));
     // Reuse it while the query stays close to this one.
     KVC_RETURN_IF_ERROR(Fingerprint(ctx, a.q, 1));
     layer.selection_cache.Store(qbar_, layer.selected);

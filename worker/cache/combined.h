@@ -160,8 +160,7 @@ class Combined : public CachePolicy {
   absl::Status Select(const kernels::ExecContext& ctx, const model::AttendArgs& a, Layer& layer);
   // S := `next` (ascending): folds what leaves and is evicted, unfolds what
   // comes and is evicted.
-  absl::Status ChangeSelection(const kernels::ExecContext& ctx, Layer& layer, int32_t layer_index,
-                               const std::vector<int32_t>& next);
+  absl::Status ChangeSelection(const kernels::ExecContext& ctx, Layer& layer, const std::vector<int32_t>& next);
   // Folds (or unfolds) each of `tokens` into the LESS state of every head
   // that has evicted it (rows copied from Cf).
   absl::Status FoldTokens(const kernels::ExecContext& ctx, Layer& layer, const std::vector<int32_t>& tokens,
