@@ -160,7 +160,18 @@ absl::Status CheckAccum(absl::string_view kernel, const ScoreAccum& a, const KvG
     return Invalid(kernel, absl::StrCat("accum.first_query must be in [0, ", num_q, "], got ", a.first_query));
   }
   if (!host) return absl::OkStatus();
-  // No (slot, KV head) twice: the scores would be updated twice.
+  // No (slot, KV head) twice: the scores would be updated twice. When each
+  // KV head is gathered by one list only (a single sequence), strictly
+  // increasing lists prove it without the bitmap (a decode step over a
+  // long context pays a linear scan, not a bitmap of every slot).
+  const bool one_list_per_head = num_lists == 1 || (g.per_kv_head && num_lists == pool.num_kv_heads);
+  if (one_list_per_head) {
+    bool increasing = true;
+    for (int64_t l = 0; l < num_lists && increasing; ++l) {
+      for (int64_t e = g.indptr[l] + 1; e < g.indptr[l + 1]; ++e) increasing &= g.indices[e - 1] < g.indices[e];
+    }
+    if (increasing) return absl::OkStatus();
+  }
   const int64_t slots = pool.num_slots();
   std::vector<bool> seen(static_cast<size_t>(slots) * pool.num_kv_heads, false);
   for (int64_t l = 0; l < num_lists; ++l) {

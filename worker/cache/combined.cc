@@ -465,29 +465,30 @@ absl::Status Combined::FullAttend(const k::ExecContext& ctx, const model::Attend
   if (options_.select_k > 0) {
     CollectCandidates(layer);
     const int64_t num = static_cast<int64_t>(candidates_.size());
-    next_ = candidates_;
-    if (num > options_.select_k) {
-      pooled_.resize(num);
+    if (num <= options_.select_k) {
+      next_ = candidates_;
+    } else {
+      // Max over heads, then a max pool of width refresh_pool along the
+      // candidates (shifted maxima: vectorisable, no per-element bounds).
       std::vector<float>& raw = raw_scores_;
-      raw.resize(num);
-      for (int64_t c = 0; c < num; ++c) {
-        float m = 0.0f;
-        for (int32_t h = 0; h < hkv; ++h) {
-          m = std::max(m, full_scores_[static_cast<size_t>(h) * total + candidates_[c]]);
-        }
-        raw[c] = m;
+      raw.assign(num, 0.0f);
+      for (int32_t h = 0; h < hkv; ++h) {
+        const float* p = full_scores_.data() + static_cast<size_t>(h) * total;
+        for (int64_t c = 0; c < num; ++c) raw[c] = std::max(raw[c], p[candidates_[c]]);
       }
-      const int64_t half = options_.refresh_options.pool_kernel / 2;
-      for (int64_t c = 0; c < num; ++c) {
-        float m = raw[c];
-        for (int64_t u = std::max<int64_t>(0, c - half); u <= std::min(num - 1, c + half); ++u) m = std::max(m, raw[u]);
-        pooled_[c] = m;
+      pooled_ = raw;
+      const int64_t half = std::min<int64_t>(options_.refresh_options.pool_kernel / 2, num - 1);
+      for (int64_t sh = 1; sh <= half; ++sh) {
+        for (int64_t c = sh; c < num; ++c) pooled_[c] = std::max(pooled_[c], raw[c - sh]);
+        for (int64_t c = 0; c + sh < num; ++c) pooled_[c] = std::max(pooled_[c], raw[c + sh]);
       }
+      // The top select_k (equal scores: the older), in linear time.
       std::vector<int32_t>& order = order_;
       order.resize(num);
       std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + options_.select_k, order.end(),
-                        [&](int32_t x, int32_t y) { return pooled_[x] > pooled_[y] || (pooled_[x] == pooled_[y] && x < y); });
+      std::nth_element(order.begin(), order.begin() + options_.select_k, order.end(), [&](int32_t x, int32_t y) {
+        return pooled_[x] > pooled_[y] || (pooled_[x] == pooled_[y] && x < y);
+      });
       next_.resize(options_.select_k);
       for (int32_t i = 0; i < options_.select_k; ++i) next_[i] = candidates_[order[i]];
       std::sort(next_.begin(), next_.end());

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <new>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/dtype.h"
@@ -19,11 +18,13 @@ absl::Status LayerKv::Reserve(int64_t slots) {
   if (slots <= capacity_) return absl::OkStatus();
   const int64_t grown = std::max<int64_t>(slots, capacity_ + capacity_ / 2);
   const size_t bytes = static_cast<size_t>(grown) * row_elems_ * kernels::DTypeSize(dtype_);
-  try {
-    k_.resize(bytes);
-    v_.resize(bytes);
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat("KV of ", grown, " slots (", 2 * bytes, " bytes) cannot be allocated"));
+  absl::Status k = k_.Resize(bytes);
+  absl::Status v = k.ok() ? v_.Resize(bytes) : k;
+  if (!v.ok()) {
+    // Keep the two the same length (a shrink back cannot fail).
+    k_.Resize(static_cast<size_t>(capacity_) * row_elems_ * kernels::DTypeSize(dtype_)).IgnoreError();
+    return absl::ResourceExhaustedError(
+        absl::StrCat("KV of ", grown, " slots (", 2 * bytes, " bytes) cannot be allocated: ", v.message()));
   }
   capacity_ = grown;
   return absl::OkStatus();
@@ -80,11 +81,9 @@ void LayerKv::MoveHead(int64_t from, int64_t to, int32_t head) {
 void LayerKv::Shrink(int64_t slots) {
   if (slots >= capacity_) return;
   const size_t bytes = static_cast<size_t>(slots) * row_elems_ * kernels::DTypeSize(dtype_);
-  k_.resize(bytes);
-  v_.resize(bytes);
-  // Non-binding; libstdc++ keeps the old buffer if the smaller one cannot be had.
-  k_.shrink_to_fit();
-  v_.shrink_to_fit();
+  // Shrinking a mapping only unmaps its tail; it cannot fail.
+  k_.Resize(bytes).IgnoreError();
+  v_.Resize(bytes).IgnoreError();
   capacity_ = slots;
 }
 

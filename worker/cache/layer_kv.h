@@ -7,9 +7,8 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <vector>
-
 #include "absl/status/status.h"
+#include "common/mapped_buffer.h"
 #include "kernels/types.h"
 
 namespace kvc::cache {
@@ -50,7 +49,9 @@ class LayerKv {
   kernels::DType dtype_;
   size_t row_elems_;  // Hkv * D
   int64_t capacity_ = 0;
-  std::vector<uint8_t> k_, v_;
+  // Anonymous mappings: growing moves page tables, not the rows
+  // (common/mapped_buffer.h).
+  MappedBuffer k_, v_;
 };
 
 }  // namespace kvc::cache

@@ -1,7 +1,5 @@
 #include "worker/model/transformer.h"
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cstring>
 
@@ -22,10 +20,6 @@ constexpr int kArenaOrder[kMatricesPerLayer] = {0, 1, 2, 3, 4, 6, 5};
 constexpr size_t kHugePage = size_t{2} << 20;
 
 }  // namespace
-
-Transformer::Arena::~Arena() {
-  if (data != nullptr) ::munmap(data, bytes);
-}
 
 Transformer::Transformer(const Checkpoint* checkpoint, const TransformerOptions& options)
     : checkpoint_(checkpoint), options_(options) {}
@@ -67,18 +61,10 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Create(const Checkpoin
   const size_t elem = k::DTypeSize(options.weights);
   size_t total = 0;
   for (const Matrix& m : mats) total += m.size() * elem;
-  Arena& arena = t->arena_;
-  arena.bytes = (total + kHugePage - 1) / kHugePage * kHugePage;
-  void* map = ::mmap(nullptr, arena.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (map == MAP_FAILED) {
-    return absl::ResourceExhaustedError(absl::StrCat("Transformer: cannot map ", arena.bytes, " bytes of weights"));
-  }
-  arena.data = map;
-#ifdef MADV_HUGEPAGE
-  ::madvise(map, arena.bytes, MADV_HUGEPAGE);  // advisory: 4 KiB pages work too
-#endif
+  const absl::Status mapped = t->arena_.Resize((total + kHugePage - 1) / kHugePage * kHugePage);
+  if (!mapped.ok()) return absl::ResourceExhaustedError(absl::StrCat("Transformer: weights: ", mapped.message()));
   t->matrices_.resize(mats.size());
-  auto* at = static_cast<uint8_t*>(arena.data);
+  uint8_t* at = t->arena_.data();
   auto place = [&](size_t index) {
     const Matrix& m = mats[index];
     if (options.weights == k::DType::kF32) {
@@ -128,14 +114,12 @@ absl::Status Transformer::CheckTokens(absl::Span<const int32_t> tokens) const {
 absl::Status Transformer::UploadToDevice() {
   const ModelConfig& c = config();
   // The arena as it is (the same offsets), then the host copy goes.
-  KVC_ASSIGN_OR_RETURN(device_weights_, k::DeviceBuffer::Allocate(arena_.bytes));
-  KVC_RETURN_IF_ERROR(device_weights_.CopyFromHost(arena_.data, arena_.bytes));
+  KVC_ASSIGN_OR_RETURN(device_weights_, k::DeviceBuffer::Allocate(arena_.size()));
+  KVC_RETURN_IF_ERROR(device_weights_.CopyFromHost(arena_.data(), arena_.size()));
   for (const void*& m : matrices_) {
-    m = device_weights_.as<uint8_t>() + (static_cast<const uint8_t*>(m) - static_cast<const uint8_t*>(arena_.data));
+    m = device_weights_.as<uint8_t>() + (static_cast<const uint8_t*>(m) - arena_.data());
   }
-  ::munmap(arena_.data, arena_.bytes);
-  arena_.data = nullptr;
-  arena_.bytes = 0;
+  arena_ = MappedBuffer();
   // Norm weights: [layers] attention, [layers] feed-forward, final.
   const size_t d = c.dim;
   std::vector<float> norms;

@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/mapped_buffer.h"
 #include "kernels/dense.h"
 #include "kernels/device.h"
 #include "kernels/types.h"
@@ -119,16 +120,6 @@ class Transformer {
   absl::Status Linear(const float* x, int64_t m, size_t index, int32_t k, int32_t n, float* y,
                       bool accumulate);
 
-  // An anonymous mapping (huge pages advised) holding the weight copies.
-  struct Arena {
-    Arena() = default;
-    Arena(const Arena&) = delete;
-    Arena& operator=(const Arena&) = delete;
-    ~Arena();
-    void* data = nullptr;
-    size_t bytes = 0;
-  };
-
   const Checkpoint* checkpoint_;
   TransformerOptions options_;
   // Matrix pointers as Linear takes them (into arena_): per layer wq, wk,
@@ -137,7 +128,8 @@ class Transformer {
   std::vector<const void*> matrices_;
   std::vector<int32_t> matrix_rows_;         // n of each matrix
   std::vector<kernels::LinearPack> packs_;   // parallel to matrices_, when pack_weights
-  Arena arena_;
+  // The weight copies, on an anonymous mapping with huge pages advised.
+  MappedBuffer arena_{/*huge_pages=*/true};
   // Activations, [rows][...], in one buffer (host_act_ or device_act_):
   // x (residual), xb (normed), qkv (q, k, v one after the other, each
   // [rows][...]), att (attention output), h13 (gate hb then up hb2), hg

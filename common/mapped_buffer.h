@@ -1,0 +1,54 @@
+// A growable byte buffer on anonymous memory mappings, for arrays of tens of
+// megabytes that grow while in use (a sequence's KV) or are copied once and
+// streamed (model weights).
+//
+// Growing moves the page tables with mremap(MREMAP_MAYMOVE) instead of
+// copying the bytes, and the new pages are the kernel's zero pages until
+// first written, so growing costs neither a copy nor a memset of the old
+// contents: a std::vector of 37 MB copies 37 MB and zeroes the extension on
+// every growth. Mappings are advised to use transparent huge pages (fewer TLB
+// misses when a decode step streams the whole array); that advice is
+// optional and a kernel without THP serves 4 KiB pages.
+#ifndef KVC_COMMON_MAPPED_BUFFER_H_
+#define KVC_COMMON_MAPPED_BUFFER_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+
+namespace kvc {
+
+class MappedBuffer {
+ public:
+  // huge_pages: advise transparent huge pages (MADV_HUGEPAGE) on every
+  // mapping of 2 MiB or more.
+  explicit MappedBuffer(bool huge_pages = false) : huge_pages_(huge_pages) {}
+  ~MappedBuffer();
+  MappedBuffer(MappedBuffer&& other) noexcept;
+  MappedBuffer& operator=(MappedBuffer&& other) noexcept;
+  MappedBuffer(const MappedBuffer&) = delete;
+  MappedBuffer& operator=(const MappedBuffer&) = delete;
+
+  // Makes the buffer `bytes` long, keeping the first min(size(), bytes)
+  // bytes; bytes past the old size read as zero. Resize(0) unmaps. The
+  // address may change. ResourceExhausted (and the buffer unchanged) when
+  // the kernel refuses the mapping.
+  absl::Status Resize(size_t bytes);
+
+  uint8_t* data() { return static_cast<uint8_t*>(data_); }
+  const uint8_t* data() const { return static_cast<const uint8_t*>(data_); }
+  size_t size() const { return size_; }
+  // Bytes mapped: size() rounded up to the page size.
+  size_t mapped_bytes() const { return mapped_; }
+
+ private:
+  bool huge_pages_ = false;
+  void* data_ = nullptr;
+  size_t size_ = 0;
+  size_t mapped_ = 0;
+};
+
+}  // namespace kvc
+
+#endif  // KVC_COMMON_MAPPED_BUFFER_H_
