@@ -13,23 +13,39 @@ FullAttention::FullAttention(const model::ModelConfig& config, kernels::DType kv
   for (int32_t l = 0; l < config.n_layers; ++l) layers_.emplace_back(config.n_kv_heads, config.head_dim(), kv_dtype);
 }
 
-absl::Status FullAttention::Attend(const kernels::ExecContext& ctx, const model::AttendArgs& a) {
-  KVC_RETURN_IF_ERROR(CheckAttendArgs(config_, a));
-  int64_t& len = length_[a.layer];
-  if (len > 0 && a.first_position <= positions_[len - 1]) {
-    return absl::InvalidArgumentError(absl::StrCat("full attention: chunk at position ", a.first_position,
+absl::Status FullAttention::Append(int32_t layer, int64_t first_position, int64_t n, const float* k, const float* v) {
+  int64_t& len = length_[layer];
+  if (len > 0 && first_position <= positions_[len - 1]) {
+    return absl::InvalidArgumentError(absl::StrCat("full attention: chunk at position ", first_position,
                                                    " does not follow position ", positions_[len - 1]));
   }
-  const int64_t total = len + a.num_tokens;
-  LayerKv& kv = layers_[a.layer];
+  const int64_t total = len + n;
+  LayerKv& kv = layers_[layer];
   KVC_RETURN_IF_ERROR(kv.Reserve(total));
-  kv.WriteRange(len, a.num_tokens, a.k, a.v);
+  kv.WriteRange(len, n, k, v);
   while (static_cast<int64_t>(slots_.size()) < total) slots_.push_back(static_cast<int32_t>(slots_.size()));
   if (static_cast<int64_t>(positions_.size()) < total) positions_.resize(total);
-  for (int64_t i = 0; i < a.num_tokens; ++i) positions_[len + i] = static_cast<int32_t>(a.first_position + i);
+  for (int64_t i = 0; i < n; ++i) positions_[len + i] = static_cast<int32_t>(first_position + i);
   len = total;
+  return absl::OkStatus();
+}
 
-  KVC_RETURN_IF_ERROR(AttendCausal(ctx, config_, a, kv.Pool(), slots_.data(), positions_.data(), total));
+absl::Status FullAttention::Load(int32_t layer, int64_t first_position, int64_t n, const float* k, const float* v) {
+  if (layer < 0 || layer >= config_.n_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("full attention: load into layer ", layer, " of ", config_.n_layers));
+  }
+  if (n <= 0 || k == nullptr || v == nullptr || first_position < 0 || first_position + n > INT32_MAX) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("full attention: load of ", n, " tokens at position ", first_position, " (or null rows)"));
+  }
+  return Append(layer, first_position, n, k, v);
+}
+
+absl::Status FullAttention::Attend(const kernels::ExecContext& ctx, const model::AttendArgs& a) {
+  KVC_RETURN_IF_ERROR(CheckAttendArgs(config_, a));
+  KVC_RETURN_IF_ERROR(Append(a.layer, a.first_position, a.num_tokens, a.k, a.v));
+  const int64_t total = length_[a.layer];
+  KVC_RETURN_IF_ERROR(AttendCausal(ctx, config_, a, layers_[a.layer].Pool(), slots_.data(), positions_.data(), total));
   if (a.layer == 0) stats_.attended_last_step = 0;
   const int64_t pairs = a.num_tokens * (total - a.num_tokens) + a.num_tokens * (a.num_tokens + 1) / 2;
   stats_.attended_last_step += pairs;

@@ -19,11 +19,15 @@ class FullAttention : public CachePolicy {
   FullAttention(const model::ModelConfig& config, kernels::DType kv_dtype);
 
   absl::Status Attend(const kernels::ExecContext& ctx, const model::AttendArgs& args) override;
+  absl::Status Load(int32_t layer, int64_t first_position, int64_t n, const float* k, const float* v) override;
   std::string name() const override { return "full"; }
   PolicyStats stats() const override;
   size_t bytes_per_token() const override { return layers_.front().slot_bytes() * layers_.size(); }
 
  private:
+  // Stores n tokens' rows after the layer's last one.
+  absl::Status Append(int32_t layer, int64_t first_position, int64_t n, const float* k, const float* v);
+
   model::ModelConfig config_;
   std::vector<LayerKv> layers_;
   std::vector<int64_t> length_;     // tokens stored, per layer

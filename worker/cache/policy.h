@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "kernels/types.h"
 #include "worker/model/transformer.h"
 
@@ -53,6 +55,17 @@ class CachePolicy : public model::AttentionCache {
   // last_evictions()->layer (valid until the next Attend), or nullptr for a
   // policy that never evicts (or does not report it).
   virtual const Evictions* last_evictions() const { return nullptr; }
+  // Appends n tokens of layer `layer` whose keys and values are already
+  // known (a prefix loaded from the cache service) at original positions
+  // first_position, first_position + 1, ...: k, v [n][Hkv][D] fp32, keys
+  // before RoPE. Afterwards the policy is as if those tokens had been run
+  // through the model. UNIMPLEMENTED for a policy whose state depends on
+  // the tokens' queries as well (attention scores): such a sequence must
+  // run its prefix through the model.
+  virtual absl::Status Load(int32_t layer, int64_t first_position, int64_t n, const float* k, const float* v) {
+    (void)layer, (void)first_position, (void)n, (void)k, (void)v;
+    return absl::UnimplementedError(absl::StrCat("policy ", name(), " cannot load a prefix's KV without its queries"));
+  }
 };
 
 }  // namespace kvc::cache

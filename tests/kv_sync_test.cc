@@ -1,0 +1,512 @@
+// A sequence joined to the cache service (worker/kv): the block codec against
+// the service's own validation, the write-through writer's backpressure,
+// degraded mode and catch-up, and prefix reuse equal to recomputing.
+//
+// The service here is an in-memory BlockClient (the process edge); the same
+// flows against a real kvcached over gRPC and UCX are in
+// kv_sync_service_test.cc.
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "cachesvc/cached_block.h"
+#include "cachesvc/limits.h"
+#include "gtest/gtest.h"
+#include "kvcache/v1/cache.pb.h"
+#include "tests/model_test_util.h"
+#include "worker/cache/full_attention.h"
+#include "worker/cache/policy_factory.h"
+#include "worker/kv/block_codec.h"
+#include "worker/kv/block_writer.h"
+#include "worker/kv/kv_sync.h"
+#include "worker/model/checkpoint.h"
+#include "worker/model/transformer.h"
+
+namespace kvc {
+namespace {
+
+namespace v1 = ::kvcache::v1;
+
+// The cache service as a worker sees it, in memory: blocks by key, a switch
+// that makes it unreachable, a gate that holds Puts, and a way to refuse.
+class FakeService : public BlockClient {
+ public:
+  absl::string_view transport() const override { return "fake"; }
+
+  absl::Status Put(std::span<const absl::string_view> blocks, bool) override {
+    absl::MutexLock lock(&mu_);
+    ++puts_;
+    auto open = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !held_; };
+    mu_.Await(absl::Condition(&open));
+    if (!reachable_) return absl::UnavailableError("fake service: connection refused");
+    if (!refuse_.ok()) return refuse_;
+    for (absl::string_view b : blocks) {
+      absl::StatusOr<BlockPtr> block = CachedBlock::FromRequest(std::string(b), Limits());
+      if (!block.ok()) return block.status();
+      store_[(*block)->key()] = std::string(b);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Get(std::span<const BlockKey> keys, absl::FunctionRef<void(GotBlock&)> on_block) override {
+    absl::MutexLock lock(&mu_);
+    if (!reachable_) return absl::UnavailableError("fake service: connection refused");
+    for (size_t i = 0; i < keys.size(); ++i) {
+      GotBlock got;
+      got.index = static_cast<uint32_t>(i);
+      auto it = store_.find(keys[i]);
+      if (it == store_.end()) {
+        got.status = absl::NotFoundError("miss");
+      } else {
+        got.tier = BlockTier::kHost;
+        absl::StatusOr<BlockView> view = BlockView::Parse(it->second);
+        if (view.ok()) got.block = *view;
+        got.status = view.status();
+      }
+      on_block(got);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<uint32_t> Lookup(absl::string_view tenant, absl::string_view model, std::span<const uint32_t> layers,
+                                  std::span<const Hash128> hashes) override {
+    absl::MutexLock lock(&mu_);
+    if (!reachable_) return absl::UnavailableError("fake service: connection refused");
+    uint32_t n = 0;
+    for (const Hash128& h : hashes) {
+      for (const uint32_t l : layers) {
+        if (!store_.contains(BlockKey{std::string(tenant), std::string(model), l, h})) return n;
+      }
+      ++n;
+    }
+    return n;
+  }
+
+  absl::StatusOr<bool> Healthy() override {
+    absl::MutexLock lock(&mu_);
+    return reachable_;
+  }
+
+  void SetReachable(bool r) {
+    absl::MutexLock lock(&mu_);
+    reachable_ = r;
+  }
+  void Hold(bool h) {
+    absl::MutexLock lock(&mu_);
+    held_ = h;
+  }
+  void Refuse(absl::Status s) {
+    absl::MutexLock lock(&mu_);
+    refuse_ = std::move(s);
+  }
+  void Corrupt(const BlockKey& key) {
+    absl::MutexLock lock(&mu_);
+    std::string& wire = store_.at(key);
+    wire[wire.size() - 20] ^= 0x5a;  // a byte of v
+  }
+  size_t size() {
+    absl::MutexLock lock(&mu_);
+    return store_.size();
+  }
+  bool Has(const BlockKey& key) {
+    absl::MutexLock lock(&mu_);
+    return store_.contains(key);
+  }
+  std::string Wire(const BlockKey& key) {
+    absl::MutexLock lock(&mu_);
+    return store_.at(key);
+  }
+  int puts() {
+    absl::MutexLock lock(&mu_);
+    return puts_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  absl::flat_hash_map<BlockKey, std::string> store_ ABSL_GUARDED_BY(mu_);
+  bool reachable_ ABSL_GUARDED_BY(mu_) = true;
+  bool held_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status refuse_ ABSL_GUARDED_BY(mu_);
+  int puts_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+std::vector<float> Ramp(int64_t n, float scale) {
+  std::vector<float> x(n);
+  for (int64_t i = 0; i < n; ++i) x[i] = scale * static_cast<float>((i * 37) % 101 - 50);
+  return x;
+}
+
+KvBlockShape Shape(int dtype = v1::DTYPE_FP32) {
+  KvBlockShape s;
+  s.block_tokens = 8;
+  s.num_kv_heads = 2;
+  s.head_dim = 16;
+  s.dtype = dtype;
+  return s;
+}
+
+BlockKey Key(uint32_t layer, uint64_t h) { return BlockKey{"t", "m", layer, Hash128{h, ~h}}; }
+
+TEST(KvBlockCodecTest, EncodedBlocksPassTheServicesValidationAndRoundTrip) {
+  const KvBlockShape shape = Shape();
+  const std::vector<float> k = Ramp(shape.elements(), 0.25f), v = Ramp(shape.elements(), -0.5f);
+  const std::string wire = EncodeKvBlock(Key(3, 7), shape, 16, k.data(), v.data());
+  // The service accepts it as sent (its own parser and checks).
+  absl::StatusOr<BlockPtr> stored = CachedBlock::FromRequest(wire, Limits());
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ((*stored)->key(), Key(3, 7));
+  v1::Block proto;
+  ASSERT_TRUE(proto.ParseFromString(wire));
+  ASSERT_EQ(proto.positions_size(), 8);
+  EXPECT_EQ(proto.positions(0), 16);
+  EXPECT_EQ(proto.positions(7), 23);
+
+  absl::StatusOr<BlockView> view = BlockView::Parse(wire);
+  ASSERT_TRUE(view.ok());
+  std::vector<float> k2(shape.elements()), v2(shape.elements());
+  ASSERT_TRUE(DecodeKvBlock(*view, shape, k2.data(), v2.data()).ok());
+  EXPECT_EQ(k2, k);
+  EXPECT_EQ(v2, v);
+}
+
+TEST(KvBlockCodecTest, HalfPrecisionBlocksRoundToTheirType) {
+  for (int dtype : {v1::DTYPE_BF16, v1::DTYPE_FP16}) {
+    const KvBlockShape shape = Shape(dtype);
+    const std::vector<float> k = Ramp(shape.elements(), 0.01f), v = Ramp(shape.elements(), 0.02f);
+    const std::string wire = EncodeKvBlock(Key(0, 1), shape, 0, k.data(), v.data());
+    EXPECT_TRUE(CachedBlock::FromRequest(wire, Limits()).ok());
+    EXPECT_LT(wire.size(), 2 * static_cast<size_t>(shape.elements()) * 2 + 256);
+    std::vector<float> k2(shape.elements()), v2(shape.elements());
+    ASSERT_TRUE(DecodeKvBlock(*BlockView::Parse(wire), shape, k2.data(), v2.data()).ok());
+    for (int64_t i = 0; i < shape.elements(); ++i) {
+      EXPECT_NEAR(k2[i], k[i], std::abs(k[i]) * 1e-2 + 1e-6) << dtype;
+      EXPECT_NEAR(v2[i], v[i], std::abs(v[i]) * 1e-2 + 1e-6) << dtype;
+    }
+  }
+}
+
+TEST(KvBlockCodecTest, AWrongShapeOrCorruptBytesAreNamed) {
+  const KvBlockShape shape = Shape();
+  const std::vector<float> k = Ramp(shape.elements(), 1.0f);
+  std::string wire = EncodeKvBlock(Key(0, 1), shape, 0, k.data(), k.data());
+  std::vector<float> out(shape.elements() * 2);
+  KvBlockShape other = shape;
+  other.head_dim = 8;
+  absl::Status s = DecodeKvBlock(*BlockView::Parse(wire), other, out.data(), out.data());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("head_dim is 16, expected 8"), std::string::npos) << s;
+  other = shape;
+  other.dtype = v1::DTYPE_BF16;
+  s = DecodeKvBlock(*BlockView::Parse(wire), other, out.data(), out.data());
+  EXPECT_NE(s.message().find("dtype is 1, expected 3"), std::string::npos) << s;
+  wire[wire.size() - 20] ^= 1;
+  s = DecodeKvBlock(*BlockView::Parse(wire), shape, out.data(), out.data());
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_FALSE(Shape(0).Validate().ok());
+}
+
+TEST(KvBlockCodecTest, PrefixHashesChainWholeBlocksOnly) {
+  std::vector<int32_t> tokens(21);
+  for (int i = 0; i < 21; ++i) tokens[i] = i * 3;
+  const std::vector<Hash128> h = PrefixHashes(tokens, 8);
+  ASSERT_EQ(h.size(), 2u);
+  const Hash128 h0 = ChainHash(Hash128{}, std::span<const int32_t>(tokens).first(8));
+  EXPECT_EQ(h[0], h0);
+  EXPECT_EQ(h[1], ChainHash(h0, std::span<const int32_t>(tokens).subspan(8, 8)));
+  // A different earlier token changes every later hash.
+  tokens[0] = 1;
+  EXPECT_NE(PrefixHashes(tokens, 8)[1], h[1]);
+}
+
+std::string Blob(int i, size_t bytes = 1000) {
+  const KvBlockShape shape = Shape();
+  std::vector<float> k = Ramp(shape.elements(), static_cast<float>(i + 1));
+  (void)bytes;
+  return EncodeKvBlock(Key(0, static_cast<uint64_t>(i) + 1), shape, 0, k.data(), k.data());
+}
+
+BlockWriterOptions SmallWriter(size_t max_blocks) {
+  BlockWriterOptions o;
+  o.max_queued_bytes = max_blocks * Blob(0).size();
+  o.max_batch_blocks = 2;
+  o.retry_initial = absl::Milliseconds(1);
+  o.retry_max = absl::Milliseconds(5);
+  return o;
+}
+
+TEST(BlockWriterTest, StoresEverythingSubmitted) {
+  FakeService svc;
+  BlockWriter w(&svc, SmallWriter(4));
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(w.Submit(Blob(i)).ok());
+  ASSERT_TRUE(w.Flush(absl::Seconds(10)).ok());
+  EXPECT_EQ(svc.size(), 20u);
+  const BlockWriterStats s = w.stats();
+  EXPECT_EQ(s.stored, 20u);
+  EXPECT_EQ(s.dropped + s.rejected, 0u);
+  EXPECT_FALSE(s.degraded);
+  EXPECT_EQ(s.queued_bytes, 0u);
+}
+
+TEST(BlockWriterTest, AFullQueueMakesSubmitWaitWhileTheServiceAnswers) {
+  FakeService svc;
+  svc.Hold(true);
+  BlockWriter w(&svc, SmallWriter(3));
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(w.Submit(Blob(i)).ok());
+  std::atomic<bool> returned{false};
+  std::thread producer([&] {
+    EXPECT_TRUE(w.Submit(Blob(3)).ok());
+    returned = true;
+  });
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_FALSE(returned.load()) << "Submit must wait while the queue is full";
+  EXPECT_LE(w.stats().queued_bytes, SmallWriter(3).max_queued_bytes);
+  svc.Hold(false);
+  producer.join();
+  EXPECT_TRUE(returned.load());
+  ASSERT_TRUE(w.Flush(absl::Seconds(10)).ok());
+  EXPECT_EQ(svc.size(), 4u);
+  EXPECT_GE(w.stats().submit_waits, 1u);
+}
+
+TEST(BlockWriterTest, AnUnreachableServiceDegradesDropsTheOldestAndCatchesUp) {
+  FakeService svc;
+  svc.SetReachable(false);
+  BlockWriter w(&svc, SmallWriter(4));
+  // Never waits, however many blocks come.
+  for (int i = 0; i < 12; ++i) ASSERT_TRUE(w.Submit(Blob(i)).ok());
+  for (int tries = 0; tries < 1000 && !w.degraded(); ++tries) absl::SleepFor(absl::Milliseconds(2));
+  EXPECT_TRUE(w.degraded());
+  BlockWriterStats s = w.stats();
+  EXPECT_LE(s.queued_bytes, SmallWriter(4).max_queued_bytes);
+  EXPECT_GE(s.dropped, 8u);
+  EXPECT_EQ(s.degraded_episodes, 1u);
+  EXPECT_EQ(s.last_error.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(w.Flush(absl::Milliseconds(20)).code(), absl::StatusCode::kDeadlineExceeded);
+  // The service returns: the backlog (the newest blocks) drains.
+  svc.SetReachable(true);
+  ASSERT_TRUE(w.Flush(absl::Seconds(10)).ok());
+  s = w.stats();
+  EXPECT_FALSE(s.degraded);
+  EXPECT_EQ(s.stored + s.dropped, 12u);
+  EXPECT_EQ(svc.size(), s.stored);
+  EXPECT_TRUE(svc.Has(Key(0, 12)));  // the last block submitted survived
+}
+
+TEST(BlockWriterTest, RefusedBlocksAreDroppedNotRetried) {
+  FakeService svc;
+  svc.Refuse(absl::ResourceExhaustedError("tenant quota"));
+  BlockWriter w(&svc, SmallWriter(8));
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(w.Submit(Blob(i)).ok());
+  ASSERT_TRUE(w.Flush(absl::Seconds(10)).ok());
+  const BlockWriterStats s = w.stats();
+  EXPECT_EQ(s.rejected, 4u);
+  EXPECT_FALSE(s.degraded);
+  EXPECT_LE(svc.puts(), 4);
+  EXPECT_EQ(w.Submit(std::string(SmallWriter(8).max_queued_bytes + 1, 'x')).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// A random model and full attention, in chunks of 16.
+model::ModelConfig SmallModel() { return testing::ModelShape(64, 96, 2, 4, 2, 50); }
+
+struct ModelFixture {
+  std::unique_ptr<model::Checkpoint> ckpt = *model::Checkpoint::Random(SmallModel(), 5, 0.2f);
+  std::unique_ptr<model::Transformer> model;
+  ModelFixture() {
+    model::TransformerOptions o;
+    o.max_chunk = 16;
+    model = *model::Transformer::Create(ckpt.get(), o);
+  }
+};
+
+std::vector<int32_t> Tokens(int n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(n);
+  for (int32_t& x : t) x = static_cast<int32_t>(rng() % SmallModel().vocab_size);
+  return t;
+}
+
+KvSyncOptions SyncOptions() {
+  KvSyncOptions o;
+  o.tenant = "t";
+  o.model = "random";
+  o.block_tokens = 8;
+  return o;
+}
+
+// Prefill `prompt` through `cache` (announcing the tokens), then `decode`
+// greedy steps; returns the logits of the last prompt token and every step.
+std::vector<float> RunSequence(model::Transformer& m, WriteThroughCache& cache, std::vector<int32_t> tokens,
+                               int decode, int64_t first = 0) {
+  const int32_t vocab = SmallModel().vocab_size;
+  std::vector<float> logits(vocab), all;
+  cache.AppendTokens(std::span<const int32_t>(tokens).subspan(first));
+  EXPECT_TRUE(m.Forward(absl::MakeConstSpan(tokens).subspan(first), first, cache, logits.data()).ok());
+  all = logits;
+  for (int s = 0; s < decode; ++s) {
+    const int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    tokens.push_back(next);
+    cache.AppendTokens(std::span<const int32_t>(&tokens.back(), 1));
+    EXPECT_TRUE(m.Forward(absl::MakeConstSpan(&tokens.back(), 1), tokens.size() - 1, cache, logits.data()).ok());
+    all.insert(all.end(), logits.begin(), logits.end());
+  }
+  return all;
+}
+
+std::unique_ptr<WriteThroughCache> Synced(BlockWriter& writer, const std::string& spec = "full") {
+  auto made = WriteThroughCache::Create(SmallModel(), *cache::MakePolicy(SmallModel(), spec), &writer, SyncOptions());
+  EXPECT_TRUE(made.ok()) << made.status();
+  return std::move(*made);
+}
+
+TEST(WriteThroughCacheTest, EveryCompletedBlockOfEveryLayerReachesTheService) {
+  ModelFixture f;
+  FakeService svc;
+  BlockWriter writer(&svc, BlockWriterOptions());
+  auto cache = Synced(writer, "cascading:budget=12");
+  const std::vector<int32_t> prompt = Tokens(37, 1);
+  RunSequence(*f.model, *cache, prompt, 12);  // 49 tokens: 6 whole blocks
+  ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+  EXPECT_EQ(cache->blocks_written(), 6 * SmallModel().n_layers);
+  EXPECT_EQ(svc.size(), 12u);
+  ASSERT_EQ(cache->hashes().size(), 6u);
+  for (int32_t l = 0; l < SmallModel().n_layers; ++l) {
+    for (const Hash128& h : cache->hashes()) EXPECT_TRUE(svc.Has(KvBlockKey(SyncOptions(), l, h)));
+  }
+  // A token not announced before it runs is an error, not a wrong key.
+  std::vector<float> logits(SmallModel().vocab_size);
+  const int32_t t = 3;
+  absl::Status s;
+  for (int i = 0; i < 8 && s.ok(); ++i) s = f.model->Forward(absl::MakeConstSpan(&t, 1), 49 + i, *cache, logits.data());
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+}
+
+TEST(WriteThroughCacheTest, APrefixLoadedFromTheServiceEqualsRecomputingIt) {
+  ModelFixture f;
+  FakeService svc;
+  BlockWriter writer(&svc, BlockWriterOptions());
+  // Sequence A stores its KV.
+  const std::vector<int32_t> a = Tokens(45, 2);
+  auto first = Synced(writer);
+  RunSequence(*f.model, *first, a, 0);
+  ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+
+  // Sequence B shares A's first 30 tokens: 3 whole blocks of 8 are cached;
+  // aligned to the prefill chunk (16), 16 tokens load.
+  std::vector<int32_t> b(a.begin(), a.begin() + 30);
+  const std::vector<int32_t> tail = Tokens(9, 3);
+  b.insert(b.end(), tail.begin(), tail.end());
+  auto reuse = Synced(writer);
+  absl::StatusOr<PrefixLoad> load = LoadCachedPrefix(svc, SyncOptions(), SmallModel(), b, reuse->inner(), /*align=*/16);
+  ASSERT_TRUE(load.ok()) << load.status();
+  EXPECT_EQ(load->tokens, 16);
+  EXPECT_EQ(load->blocks, 2);
+  ASSERT_TRUE(reuse->SkipStoredPrefix(load->tokens).ok());
+  reuse->AppendTokens(std::span<const int32_t>(b).first(load->tokens));
+  const std::vector<float> reused = RunSequence(*f.model, *reuse, b, 6, load->tokens);
+
+  // From scratch in one pass: bit for bit. Unaligned (every cached block),
+  // the rest runs in other chunks than from scratch: within fp32
+  // reassociation.
+  auto whole = Synced(writer);
+  const std::vector<float> recomputed = RunSequence(*f.model, *whole, b, 6);
+  ASSERT_EQ(recomputed.size(), reused.size());
+  int differ = 0;
+  float worst = 0;
+  for (size_t i = 0; i < reused.size(); ++i) {
+    differ += reused[i] != recomputed[i];
+    worst = std::max(worst, std::abs(reused[i] - recomputed[i]));
+  }
+  EXPECT_EQ(differ, 0) << "worst " << worst;
+  auto unaligned = Synced(writer);
+  ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+  load = LoadCachedPrefix(svc, SyncOptions(), SmallModel(), b, unaligned->inner());
+  ASSERT_TRUE(load.ok());
+  EXPECT_EQ(load->tokens, 32);  // B's own blocks are stored by now too
+  ASSERT_TRUE(unaligned->SkipStoredPrefix(load->tokens).ok());
+  unaligned->AppendTokens(std::span<const int32_t>(b).first(load->tokens));
+  const std::vector<float> near = RunSequence(*f.model, *unaligned, b, 6, load->tokens);
+  for (size_t i = 0; i < near.size(); ++i) ASSERT_NEAR(near[i], recomputed[i], 1e-4f) << i;
+  ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+}
+
+TEST(WriteThroughCacheTest, PrefixLoadStopsAtAMissingOrCorruptBlockAndNeverFails) {
+  ModelFixture f;
+  FakeService svc;
+  BlockWriter writer(&svc, BlockWriterOptions());
+  const std::vector<int32_t> a = Tokens(41, 4);  // 5 blocks
+  auto first = Synced(writer);
+  RunSequence(*f.model, *first, a, 0);
+  ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+  const std::vector<Hash128> h = first->hashes();
+
+  // Layer 1's third block corrupt: two blocks load, for every layer.
+  svc.Corrupt(KvBlockKey(SyncOptions(), 1, h[2]));
+  auto p = cache::MakePolicy(SmallModel(), "full");
+  absl::StatusOr<PrefixLoad> load = LoadCachedPrefix(svc, SyncOptions(), SmallModel(), a, **p);
+  ASSERT_TRUE(load.ok());
+  EXPECT_EQ(load->tokens, 16);
+  EXPECT_EQ((*p)->stats().tokens_seen, 16);
+
+  // Unreachable: nothing loads, no error.
+  svc.SetReachable(false);
+  auto q = cache::MakePolicy(SmallModel(), "full");
+  load = LoadCachedPrefix(svc, SyncOptions(), SmallModel(), a, **q);
+  ASSERT_TRUE(load.ok());
+  EXPECT_EQ(load->tokens, 0);
+  svc.SetReachable(true);
+
+  // A policy that needs the prefix's queries loads nothing.
+  auto c = cache::MakePolicy(SmallModel(), "cascading:budget=12");
+  load = LoadCachedPrefix(svc, SyncOptions(), SmallModel(), a, **c);
+  ASSERT_TRUE(load.ok());
+  EXPECT_EQ(load->tokens, 0);
+  EXPECT_EQ((*c)->stats().tokens_seen, 0);
+}
+
+TEST(WriteThroughCacheTest, GenerationGoesOnWhileTheServiceIsAwayAndCatchesUp) {
+  ModelFixture f;
+  FakeService svc;
+  BlockWriterOptions o;
+  o.retry_initial = absl::Milliseconds(1);
+  o.retry_max = absl::Milliseconds(5);
+  BlockWriter writer(&svc, o);
+  auto synced = Synced(writer);
+  auto plain = cache::MakePolicy(SmallModel(), "full");
+  svc.SetReachable(false);
+  const std::vector<int32_t> prompt = Tokens(20, 6);
+  const std::vector<float> got = RunSequence(*f.model, *synced, prompt, 20);
+  // The logits do not depend on the service.
+  auto reference = Synced(writer);
+  EXPECT_EQ(got, RunSequence(*f.model, *reference, prompt, 20));
+  for (int tries = 0; tries < 1000 && !writer.degraded(); ++tries) absl::SleepFor(absl::Milliseconds(2));
+  EXPECT_TRUE(writer.degraded());
+  svc.SetReachable(true);
+  ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+  EXPECT_FALSE(writer.degraded());
+  for (int32_t l = 0; l < SmallModel().n_layers; ++l) {
+    for (const Hash128& h : synced->hashes()) EXPECT_TRUE(svc.Has(KvBlockKey(SyncOptions(), l, h)));
+  }
+}
+
+TEST(WriteThroughCacheTest, BadOptionsAreNamed) {
+  FakeService svc;
+  BlockWriter writer(&svc, BlockWriterOptions());
+  KvSyncOptions o = SyncOptions();
+  o.block_tokens = 0;
+  auto made = WriteThroughCache::Create(SmallModel(), *cache::MakePolicy(SmallModel(), "full"), &writer, o);
+  EXPECT_EQ(made.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(made.status().message().find("block_tokens"), std::string::npos);
+  auto good = Synced(writer);
+  EXPECT_EQ(good->SkipStoredPrefix(5).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace kvc

@@ -1,0 +1,193 @@
+#include "worker/kv/kv_sync.h"
+
+#include <algorithm>
+#include <numeric>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "kvcache/v1/cache.pb.h"
+
+namespace kvc {
+
+KvBlockShape KvSyncOptions::Shape(const model::ModelConfig& config) const {
+  KvBlockShape s;
+  s.block_tokens = block_tokens;
+  s.num_kv_heads = config.n_kv_heads;
+  s.head_dim = config.head_dim();
+  s.dtype = dtype;
+  return s;
+}
+
+absl::Status KvSyncOptions::Validate() const {
+  if (tenant.empty()) return absl::InvalidArgumentError("kv sync: tenant is empty");
+  if (model.empty()) return absl::InvalidArgumentError("kv sync: model is empty");
+  if (block_tokens <= 0) return absl::InvalidArgumentError(absl::StrCat("kv sync: block_tokens must be > 0, got ", block_tokens));
+  if (dtype != kvcache::v1::DTYPE_FP32 && dtype != kvcache::v1::DTYPE_BF16 && dtype != kvcache::v1::DTYPE_FP16) {
+    return absl::InvalidArgumentError(absl::StrCat("kv sync: unknown block dtype ", dtype));
+  }
+  return absl::OkStatus();
+}
+
+BlockKey KvBlockKey(const KvSyncOptions& options, int32_t layer, const Hash128& hash) {
+  BlockKey key;
+  key.tenant = options.tenant;
+  key.model = options.model;
+  key.layer = static_cast<uint32_t>(layer);
+  key.hash = hash;
+  return key;
+}
+
+WriteThroughCache::WriteThroughCache(const model::ModelConfig& config, std::unique_ptr<cache::CachePolicy> inner,
+                                     BlockWriter* writer, const KvSyncOptions& options)
+    : config_(config),
+      inner_(std::move(inner)),
+      writer_(writer),
+      options_(options),
+      shape_(options.Shape(config)),
+      staging_(config.n_layers) {
+  for (Staging& s : staging_) {
+    s.k.resize(static_cast<size_t>(shape_.elements()));
+    s.v.resize(static_cast<size_t>(shape_.elements()));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<WriteThroughCache>> WriteThroughCache::Create(
+    const model::ModelConfig& config, std::unique_ptr<cache::CachePolicy> inner, BlockWriter* writer,
+    const KvSyncOptions& options) {
+  KVC_RETURN_IF_ERROR(options.Validate());
+  if (inner == nullptr || writer == nullptr) return absl::InvalidArgumentError("write-through: null policy or writer");
+  if (inner->device_resident()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("write-through: policy ", inner->name(), " keeps its KV on the device; only host policies"));
+  }
+  return std::unique_ptr<WriteThroughCache>(new WriteThroughCache(config, std::move(inner), writer, options));
+}
+
+void WriteThroughCache::AppendTokens(std::span<const int32_t> tokens) {
+  const int32_t bt = options_.block_tokens;
+  for (const int32_t t : tokens) {
+    tokens_.push_back(t);
+    if (tokens_.size() % static_cast<size_t>(bt) == 0) {
+      const Hash128 parent = hashes_.empty() ? Hash128{} : hashes_.back();
+      hashes_.push_back(ChainHash(parent, std::span<const int32_t>(tokens_).last(static_cast<size_t>(bt))));
+    }
+  }
+}
+
+absl::Status WriteThroughCache::SkipStoredPrefix(int64_t tokens) {
+  if (tokens % options_.block_tokens != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("write-through: a stored prefix of ", tokens, " tokens is not whole blocks of ", options_.block_tokens));
+  }
+  for (const Staging& s : staging_) {
+    if (s.next_position != 0) return absl::FailedPreconditionError("write-through: the sequence has already started");
+  }
+  for (Staging& s : staging_) s.next_position = tokens;
+  return absl::OkStatus();
+}
+
+absl::Status WriteThroughCache::Attend(const kernels::ExecContext& ctx, const model::AttendArgs& a) {
+  KVC_RETURN_IF_ERROR(inner_->Attend(ctx, a));
+  Staging& s = staging_[a.layer];
+  // Rows of a prefix stored before (SkipStoredPrefix) are not written again.
+  if (a.first_position + a.num_tokens <= s.next_position) return absl::OkStatus();
+  if (a.first_position != s.next_position) {
+    return absl::InvalidArgumentError(absl::StrCat("write-through: layer ", a.layer, " chunk at position ",
+                                                   a.first_position, ", expected ", s.next_position));
+  }
+  const int32_t bt = options_.block_tokens;
+  const int64_t row = int64_t{config_.n_kv_heads} * config_.head_dim();
+  for (int64_t i = 0; i < a.num_tokens; ++i) {
+    const int64_t pos = a.first_position + i;
+    const int64_t in_block = pos % bt;
+    std::copy_n(a.k + i * row, row, s.k.begin() + in_block * row);
+    std::copy_n(a.v + i * row, row, s.v.begin() + in_block * row);
+    if (in_block + 1 < bt) continue;
+    const int64_t block = pos / bt;
+    if (block >= static_cast<int64_t>(hashes_.size())) {
+      return absl::FailedPreconditionError(absl::StrCat("write-through: token ", pos,
+                                                        " ran through the model before AppendTokens announced it"));
+    }
+    std::string encoded = EncodeKvBlock(KvBlockKey(options_, a.layer, hashes_[block]), shape_, block * bt, s.k.data(),
+                                        s.v.data());
+    KVC_RETURN_IF_ERROR(writer_->Submit(std::move(encoded)));
+    ++blocks_written_;
+  }
+  s.next_position = a.first_position + a.num_tokens;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PrefixLoad> LoadCachedPrefix(BlockClient& client, const KvSyncOptions& options,
+                                            const model::ModelConfig& config, std::span<const int32_t> prompt,
+                                            cache::CachePolicy& policy, int64_t align) {
+  KVC_RETURN_IF_ERROR(options.Validate());
+  if (align <= 0) return absl::InvalidArgumentError(absl::StrCat("prefix load: align must be > 0, got ", align));
+  PrefixLoad load;
+  if (prompt.size() < 2) return load;
+  // At least the last token runs through the model.
+  std::vector<Hash128> hashes = PrefixHashes(prompt.first(prompt.size() - 1), options.block_tokens);
+  if (hashes.empty()) return load;
+  std::vector<uint32_t> layers(config.n_layers);
+  for (int32_t l = 0; l < config.n_layers; ++l) layers[l] = static_cast<uint32_t>(l);
+  absl::StatusOr<uint32_t> cached = client.Lookup(options.tenant, options.model, layers, hashes);
+  if (!cached.ok()) {
+    KVC_LOG(kWarning, "prefix_lookup_failed").With("error", cached.status().ToString());
+    return load;
+  }
+  int64_t blocks = std::min<int64_t>(*cached, static_cast<int64_t>(hashes.size()));
+  if (blocks == 0) return load;
+
+  // Fetch every layer's blocks, keeping the leading run that arrived intact.
+  const KvBlockShape shape = options.Shape(config);
+  const int64_t elems = shape.elements();
+  std::vector<std::vector<float>> k(config.n_layers), v(config.n_layers);
+  std::vector<BlockKey> keys;
+  for (int32_t l = 0; l < config.n_layers && blocks > 0; ++l) {
+    keys.clear();
+    for (int64_t b = 0; b < blocks; ++b) keys.push_back(KvBlockKey(options, l, hashes[b]));
+    k[l].resize(static_cast<size_t>(blocks * elems));
+    v[l].resize(static_cast<size_t>(blocks * elems));
+    int64_t intact = blocks;  // leading blocks verified
+    const absl::Status s = client.Get(keys, [&](GotBlock& got) {
+      const int64_t b = got.index;
+      if (b >= intact) return;
+      absl::Status ok = got.status;
+      if (ok.ok()) ok = DecodeKvBlock(got.block, shape, k[l].data() + b * elems, v[l].data() + b * elems);
+      if (ok.ok()) {
+        load.bytes += static_cast<int64_t>(got.block.k.size() + got.block.v.size());
+        return;
+      }
+      if (!absl::IsNotFound(ok)) {
+        KVC_LOG(kWarning, "prefix_block_bad").With("layer", l).With("block", b).With("error", ok.ToString());
+      }
+      intact = b;
+    });
+    if (!s.ok()) {
+      KVC_LOG(kWarning, "prefix_get_failed").With("layer", l).With("error", s.ToString());
+      // A broken transfer loads nothing: the prompt is prefilled instead.
+      blocks = 0;
+      break;
+    }
+    blocks = std::min(blocks, intact);
+  }
+  // Whole blocks and a multiple of `align`.
+  const int64_t unit = std::lcm<int64_t>(align, options.block_tokens);
+  const int64_t tokens = blocks * options.block_tokens / unit * unit;
+  blocks = tokens / options.block_tokens;
+  if (blocks == 0) {
+    load.bytes = 0;
+    return load;
+  }
+  for (int32_t l = 0; l < config.n_layers; ++l) {
+    const absl::Status s = policy.Load(l, 0, tokens, k[l].data(), v[l].data());
+    if (absl::IsUnimplemented(s) && l == 0) return PrefixLoad{};
+    KVC_RETURN_IF_ERROR(s);
+  }
+  load.tokens = tokens;
+  load.blocks = blocks;
+  return load;
+}
+
+}  // namespace kvc

@@ -1,0 +1,122 @@
+// Joining a sequence's cache policy to the cache service:
+//   - WriteThroughCache wraps a policy and writes every completed block of
+//     every layer through a BlockWriter (asynchronously, off the decode
+//     critical path), so nothing the hot set evicts is lost;
+//   - LoadCachedPrefix, before prefill, looks up the prompt's block-hash
+//     chain and loads the cached leading blocks into the policy, so only the
+//     rest of the prompt runs through the model.
+#ifndef KVC_WORKER_KV_KV_SYNC_H_
+#define KVC_WORKER_KV_KV_SYNC_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/cache/policy.h"
+#include "worker/kv/block_client.h"
+#include "worker/kv/block_codec.h"
+#include "worker/kv/block_writer.h"
+#include "worker/model/checkpoint.h"
+
+namespace kvc {
+
+// Where a sequence's blocks live in the service and how they are cut.
+struct KvSyncOptions {
+  std::string tenant = "default";
+  std::string model = "stories15M";
+  int32_t block_tokens = 64;
+  int dtype = 1;  // kvcache.v1.DType of the stored blocks; fp32 keeps prefix reuse exact
+
+  // The shape of this model's blocks.
+  KvBlockShape Shape(const model::ModelConfig& config) const;
+  absl::Status Validate() const;
+};
+
+// The key of block `hash` of layer `layer`.
+BlockKey KvBlockKey(const KvSyncOptions& options, int32_t layer, const Hash128& hash);
+
+// A cache policy that also writes the sequence's KV through to the service.
+// Tokens must be announced (AppendTokens) before they run through the model:
+// a block's key is the hash of every token up to its end. Host policies only.
+class WriteThroughCache : public cache::CachePolicy {
+ public:
+  // `writer` must outlive the cache. INVALID_ARGUMENT for a device-resident
+  // policy (its KV is not in host memory) or bad options.
+  static absl::StatusOr<std::unique_ptr<WriteThroughCache>> Create(const model::ModelConfig& config,
+                                                                   std::unique_ptr<cache::CachePolicy> inner,
+                                                                   BlockWriter* writer, const KvSyncOptions& options);
+
+  // The next tokens of the sequence, in order.
+  void AppendTokens(std::span<const int32_t> tokens);
+  // The first `tokens` tokens' blocks are already in the service (a loaded
+  // prefix): they are not written again. REQUIRES: before any Attend,
+  // tokens a multiple of block_tokens.
+  absl::Status SkipStoredPrefix(int64_t tokens);
+
+  absl::Status Attend(const kernels::ExecContext& ctx, const model::AttendArgs& args) override;
+  absl::Status Load(int32_t layer, int64_t first_position, int64_t n, const float* k, const float* v) override {
+    return inner_->Load(layer, first_position, n, k, v);
+  }
+  std::string name() const override { return inner_->name(); }
+  cache::PolicyStats stats() const override { return inner_->stats(); }
+  size_t bytes_per_token() const override { return inner_->bytes_per_token(); }
+  int64_t max_resident_tokens() const override { return inner_->max_resident_tokens(); }
+  const cache::Evictions* last_evictions() const override { return inner_->last_evictions(); }
+
+  cache::CachePolicy& inner() { return *inner_; }
+  // Blocks handed to the writer so far (all layers).
+  int64_t blocks_written() const { return blocks_written_; }
+  const std::vector<Hash128>& hashes() const { return hashes_; }
+
+ private:
+  WriteThroughCache(const model::ModelConfig& config, std::unique_ptr<cache::CachePolicy> inner, BlockWriter* writer,
+                    const KvSyncOptions& options);
+
+  struct Staging {
+    std::vector<float> k, v;  // one block of rows
+    int64_t next_position = 0;  // position of the next row expected
+  };
+
+  model::ModelConfig config_;
+  std::unique_ptr<cache::CachePolicy> inner_;
+  BlockWriter* writer_;
+  KvSyncOptions options_;
+  KvBlockShape shape_;
+  std::vector<int32_t> tokens_;
+  std::vector<Hash128> hashes_;  // of every whole block of tokens_
+  std::vector<Staging> staging_;  // per layer
+  int64_t blocks_written_ = 0;
+};
+
+struct PrefixLoad {
+  int64_t tokens = 0;        // loaded (a multiple of block_tokens)
+  int64_t blocks = 0;        // per layer
+  int64_t bytes = 0;         // of KV received, all layers
+};
+
+// Loads the longest prefix of `prompt` whose blocks the service holds for
+// every layer into `policy` (Load), leaving at least the prompt's last token
+// to run through the model (its logits are needed). Every block is fetched
+// and verified (shape, checksum) before any is loaded, and every layer gets
+// the same number of blocks: the longest run of leading blocks that arrived
+// intact for all layers. A service that is unreachable, a miss or a bad
+// block shortens the prefix (down to nothing); none is an error of the
+// sequence, which prefills the rest. A policy that cannot load
+// (UNIMPLEMENTED) loads nothing. Errors: only the policy's own Load failing
+// (the sequence must then start anew).
+//
+// `align` (tokens, > 0): the loaded length is rounded down to a multiple of
+// it. With the runtime's prefill chunk (TransformerOptions::max_chunk) the
+// rest of the prompt then runs in the same chunks as it would from position
+// 0, so the logits are bit for bit those of computing the whole prompt (the
+// dense kernels' results depend on how many rows a pass has).
+absl::StatusOr<PrefixLoad> LoadCachedPrefix(BlockClient& client, const KvSyncOptions& options,
+                                            const model::ModelConfig& config, std::span<const int32_t> prompt,
+                                            cache::CachePolicy& policy, int64_t align = 1);
+
+}  // namespace kvc
+
+#endif  // KVC_WORKER_KV_KV_SYNC_H_
