@@ -23,6 +23,7 @@
 #include "tests/model_test_util.h"
 #include "worker/cache/full_attention.h"
 #include "worker/cache/policy_factory.h"
+#include "worker/cache/refresh_kv.h"
 #include "worker/kv/block_codec.h"
 #include "worker/kv/block_writer.h"
 #include "worker/kv/kv_sync.h"
@@ -360,8 +361,10 @@ std::vector<float> RunSequence(model::Transformer& m, WriteThroughCache& cache, 
   return all;
 }
 
-std::unique_ptr<WriteThroughCache> Synced(BlockWriter& writer, const std::string& spec = "full") {
-  auto made = WriteThroughCache::Create(SmallModel(), *cache::MakePolicy(SmallModel(), spec), &writer, SyncOptions());
+std::unique_ptr<WriteThroughCache> Synced(BlockWriter& writer, const std::string& spec = "full",
+                                          BlockClient* reader = nullptr) {
+  auto made =
+      WriteThroughCache::Create(SmallModel(), *cache::MakePolicy(SmallModel(), spec), &writer, SyncOptions(), reader);
   EXPECT_TRUE(made.ok()) << made.status();
   return std::move(*made);
 }
@@ -494,6 +497,74 @@ TEST(WriteThroughCacheTest, GenerationGoesOnWhileTheServiceIsAwayAndCatchesUp) {
   for (int32_t l = 0; l < SmallModel().n_layers; ++l) {
     for (const Hash128& h : synced->hashes()) EXPECT_TRUE(svc.Has(KvBlockKey(SyncOptions(), l, h)));
   }
+}
+
+// RefreshKV with its full context in the service: only the hot set and the
+// tokens not yet acknowledged stay local, and every full step rehydrates
+// the layer. Same kernel calls on the same rows: the same logits, bit for
+// bit, as keeping Cf in memory.
+TEST(WriteThroughCacheTest, RefreshKvRehydratedFromTheServiceEqualsKeepingItLocal) {
+  ModelFixture f;
+  FakeService svc;
+  BlockWriter writer(&svc, BlockWriterOptions());
+  const std::string spec = "refreshkv:k=6,stride=3,mode=fixed";
+  auto offloaded = Synced(writer, spec, &svc);
+  ASSERT_TRUE(offloaded->offloaded());
+  auto local = Synced(writer, spec);
+  ASSERT_FALSE(local->offloaded());
+  const std::vector<int32_t> prompt = Tokens(40, 7);
+  // Step by step, letting the writer catch up so the local part shrinks.
+  const int32_t vocab = SmallModel().vocab_size;
+  std::vector<int32_t> tokens = prompt;
+  std::vector<float> a(vocab), b(vocab);
+  offloaded->AppendTokens(prompt);
+  local->AppendTokens(prompt);
+  ASSERT_TRUE(f.model->Forward(prompt, 0, *offloaded, a.data()).ok());
+  ASSERT_TRUE(f.model->Forward(prompt, 0, *local, b.data()).ok());
+  ASSERT_EQ(a, b);
+  int64_t smallest_resident = INT64_MAX;
+  for (int step = 0; step < 40; ++step) {
+    ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+    const int32_t next = static_cast<int32_t>(std::max_element(a.begin(), a.end()) - a.begin());
+    tokens.push_back(next);
+    offloaded->AppendTokens(std::span<const int32_t>(&tokens.back(), 1));
+    local->AppendTokens(std::span<const int32_t>(&tokens.back(), 1));
+    const int64_t pos = static_cast<int64_t>(tokens.size()) - 1;
+    ASSERT_TRUE(f.model->Forward(absl::MakeConstSpan(&tokens.back(), 1), pos, *offloaded, a.data()).ok());
+    ASSERT_TRUE(f.model->Forward(absl::MakeConstSpan(&tokens.back(), 1), pos, *local, b.data()).ok());
+    ASSERT_EQ(a, b) << "step " << step;
+    smallest_resident = std::min(smallest_resident, offloaded->stats().resident_tokens);
+  }
+  auto& refresh = dynamic_cast<cache::RefreshKv&>(offloaded->inner());
+  EXPECT_GT(refresh.full_steps(), 0);
+  EXPECT_GT(refresh.rehydrated_tokens(), 0);
+  EXPECT_EQ(refresh.refreshes_skipped(), 0);
+  // Locally: K = 6 hot tokens plus the last partial block (< 8) at most.
+  EXPECT_LE(smallest_resident, 6 + 8);
+  EXPECT_EQ(local->stats().resident_tokens, 80);
+}
+
+TEST(WriteThroughCacheTest, RefreshKvKeepsGeneratingWhenTheServiceCannotRehydrate) {
+  ModelFixture f;
+  FakeService svc;
+  BlockWriter writer(&svc, BlockWriterOptions());
+  auto offloaded = Synced(writer, "refreshkv:k=6,stride=2,mode=fixed", &svc);
+  const std::vector<int32_t> prompt = Tokens(40, 8);
+  RunSequence(*f.model, *offloaded, prompt, 2);
+  ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+  svc.SetReachable(false);
+  std::vector<float> logits(SmallModel().vocab_size);
+  for (int step = 0; step < 10; ++step) {
+    const int32_t token = step;  // positions 42.. (40 prompt tokens, 2 decoded)
+    offloaded->AppendTokens(std::span<const int32_t>(&token, 1));
+    const absl::Status s = f.model->Forward(absl::MakeConstSpan(&token, 1), 42 + step, *offloaded, logits.data());
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  auto& refresh = dynamic_cast<cache::RefreshKv&>(offloaded->inner());
+  EXPECT_GT(refresh.refreshes_skipped(), 0);
+  EXPECT_EQ(refresh.last_cold_error().code(), absl::StatusCode::kUnavailable);
+  svc.SetReachable(true);
+  ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
 }
 
 TEST(WriteThroughCacheTest, BadOptionsAreNamed) {

@@ -30,23 +30,25 @@ absl::Status LayerKv::Reserve(int64_t slots) {
   return absl::OkStatus();
 }
 
-void LayerKv::Store(const float* src, uint8_t* dst) const {
+void LayerKv::StoreN(const float* src, size_t n, uint8_t* dst) const {
   switch (dtype_) {
     case kernels::DType::kF32:
-      std::memcpy(dst, src, row_elems_ * sizeof(float));
+      std::memcpy(dst, src, n * sizeof(float));
       break;
     case kernels::DType::kBF16: {
       auto* d = reinterpret_cast<uint16_t*>(dst);
-      for (size_t i = 0; i < row_elems_; ++i) d[i] = kernels::FloatToBF16(src[i]);
+      for (size_t i = 0; i < n; ++i) d[i] = kernels::FloatToBF16(src[i]);
       break;
     }
     case kernels::DType::kF16: {
       auto* d = reinterpret_cast<uint16_t*>(dst);
-      for (size_t i = 0; i < row_elems_; ++i) d[i] = kernels::FloatToF16(src[i]);
+      for (size_t i = 0; i < n; ++i) d[i] = kernels::FloatToF16(src[i]);
       break;
     }
   }
 }
+
+void LayerKv::Store(const float* src, uint8_t* dst) const { StoreN(src, row_elems_, dst); }
 
 void LayerKv::Write(const int32_t* slots, int64_t n, const float* k, const float* v) {
   const size_t row_bytes = row_elems_ * kernels::DTypeSize(dtype_);
@@ -62,6 +64,33 @@ void LayerKv::WriteRange(int64_t first, int64_t n, const float* k, const float* 
     Store(k + i * row_elems_, k_.data() + (first + i) * row_bytes);
     Store(v + i * row_elems_, v_.data() + (first + i) * row_bytes);
   }
+}
+
+void LayerKv::WriteHead(int64_t slot, int32_t head, const float* k, const float* v) {
+  const size_t elem = kernels::DTypeSize(dtype_);
+  const size_t at = static_cast<size_t>(slot) * row_elems_ * elem + static_cast<size_t>(head) * head_dim_ * elem;
+  StoreN(k, head_dim_, k_.data() + at);
+  StoreN(v, head_dim_, v_.data() + at);
+}
+
+void LayerKv::CopyRows(const LayerKv& src, int64_t src_slot, int64_t dst_slot, int64_t n) {
+  const size_t row_bytes = row_elems_ * kernels::DTypeSize(dtype_);
+  std::memcpy(k_.data() + dst_slot * row_bytes, src.k_.data() + src_slot * row_bytes, n * row_bytes);
+  std::memcpy(v_.data() + dst_slot * row_bytes, src.v_.data() + src_slot * row_bytes, n * row_bytes);
+}
+
+void LayerKv::CopyHead(const LayerKv& src, int64_t src_slot, int64_t dst_slot, int32_t head) {
+  const size_t elem = kernels::DTypeSize(dtype_);
+  const size_t row_bytes = row_elems_ * elem, head_bytes = static_cast<size_t>(head_dim_) * elem;
+  const size_t from = src_slot * row_bytes + head * head_bytes, to = dst_slot * row_bytes + head * head_bytes;
+  std::memcpy(k_.data() + to, src.k_.data() + from, head_bytes);
+  std::memcpy(v_.data() + to, src.v_.data() + from, head_bytes);
+}
+
+void LayerKv::MoveRows(int64_t from, int64_t to, int64_t n) {
+  const size_t row_bytes = row_elems_ * kernels::DTypeSize(dtype_);
+  std::memmove(k_.data() + to * row_bytes, k_.data() + from * row_bytes, n * row_bytes);
+  std::memmove(v_.data() + to * row_bytes, v_.data() + from * row_bytes, n * row_bytes);
 }
 
 void LayerKv::Move(int64_t from, int64_t to) {

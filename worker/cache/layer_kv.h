@@ -25,6 +25,17 @@ class LayerKv {
   void Write(const int32_t* slots, int64_t n, const float* k, const float* v);
   // Writes n consecutive slots from `first`.
   void WriteRange(int64_t first, int64_t n, const float* k, const float* v);
+  // Writes one KV head's rows (k, v: [D] fp32) into `slot`, leaving the
+  // other heads' rows of that slot alone. REQUIRES: slot < capacity().
+  void WriteHead(int64_t slot, int32_t head, const float* k, const float* v);
+  // Copies n slots of `src` from src_slot on into this pool from dst_slot
+  // on, as stored (no conversion). REQUIRES: same heads, head_dim and
+  // dtype; the ranges within both capacities.
+  void CopyRows(const LayerKv& src, int64_t src_slot, int64_t dst_slot, int64_t n);
+  // Copies KV head `head` of src's slot into this pool's slot, as stored.
+  void CopyHead(const LayerKv& src, int64_t src_slot, int64_t dst_slot, int32_t head);
+  // Moves n slots from `from` to `to` (overlap allowed).
+  void MoveRows(int64_t from, int64_t to, int64_t n);
   // Copies slot `from` to slot `to` (keys and values).
   void Move(int64_t from, int64_t to);
   // Copies only KV head `head` of slot `from` to slot `to` (policies whose
@@ -44,6 +55,7 @@ class LayerKv {
 
  private:
   void Store(const float* src, uint8_t* dst) const;
+  void StoreN(const float* src, size_t n, uint8_t* dst) const;
 
   int32_t num_kv_heads_, head_dim_;
   kernels::DType dtype_;

@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/types.h"
+#include "worker/cache/cold_store.h"
 #include "worker/model/transformer.h"
 
 namespace kvc::cache {
@@ -62,6 +63,14 @@ class CachePolicy : public model::AttentionCache {
   // through the model. UNIMPLEMENTED for a policy whose state depends on
   // the tokens' queries as well (attention scores): such a sequence must
   // run its prefix through the model.
+  // Keeps the full context in `cold` (which must outlive the policy)
+  // instead of host memory, fetching it back when a step needs it
+  // (cold_store.h). UNIMPLEMENTED for a policy that never attends the whole
+  // context (it keeps only its hot set anyway) or does not support it yet.
+  virtual absl::Status SetColdStore(ColdKvStore* cold) {
+    (void)cold;
+    return absl::UnimplementedError(absl::StrCat("policy ", name(), " does not rehydrate from a cold store"));
+  }
   virtual absl::Status Load(int32_t layer, int64_t first_position, int64_t n, const float* k, const float* v) {
     (void)layer, (void)first_position, (void)n, (void)k, (void)v;
     return absl::UnimplementedError(absl::StrCat("policy ", name(), " cannot load a prefix's KV without its queries"));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <new>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -51,16 +52,31 @@ void RefreshScheduler::Refreshed(const std::vector<float>& query_mean) {
   since_refresh_ = 0;
 }
 
+RefreshKv::Layer::Layer(const model::ModelConfig& config, const RefreshKvOptions& options)
+    : kv(config.n_kv_heads, config.head_dim(), options.kv_dtype),
+      hot(config.n_kv_heads),
+      scheduler(options),
+      hot_kv(config.n_kv_heads, config.head_dim(), options.kv_dtype) {}
+
 RefreshKv::RefreshKv(const model::ModelConfig& config, const RefreshKvOptions& options)
-    : config_(config), options_(options) {
+    : config_(config), options_(options), full_kv_(config.n_kv_heads, config.head_dim(), options.kv_dtype) {
   layers_.reserve(config.n_layers);
-  for (int32_t l = 0; l < config.n_layers; ++l) {
-    layers_.push_back(Layer{LayerKv(config.n_kv_heads, config.head_dim(), options.kv_dtype),
-                            {},
-                            std::vector<std::deque<int32_t>>(config.n_kv_heads),
-                            RefreshScheduler(options),
-                            0});
+  for (int32_t l = 0; l < config.n_layers; ++l) layers_.emplace_back(config, options);
+}
+
+absl::Status RefreshKv::SetColdStore(ColdKvStore* cold) {
+  for (const Layer& l : layers_) {
+    if (!l.positions.empty()) return absl::FailedPreconditionError("refreshkv: cold store set after the first token");
   }
+  cold_ = cold;
+  if (cold_ == nullptr) return absl::OkStatus();
+  const int32_t hkv = config_.n_kv_heads;
+  for (Layer& l : layers_) {
+    KVC_RETURN_IF_ERROR(l.hot_kv.Reserve(int64_t{options_.k} + 1));
+    l.hot_slot.assign(hkv, {});
+    l.free_slots.assign(hkv, {});
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<RefreshKv>> RefreshKv::Create(const model::ModelConfig& config,
@@ -104,23 +120,41 @@ absl::Status RefreshKv::Attend(const k::ExecContext& ctx, const model::AttendArg
   const int64_t n = a.num_tokens, past = static_cast<int64_t>(layer.positions.size()),
                 total = past + n;
   if (total > INT32_MAX) return absl::InvalidArgumentError("refreshkv: too many tokens");
-  KVC_RETURN_IF_ERROR(layer.kv.Reserve(total));
-  layer.kv.WriteRange(past, n, a.k, a.v);
+  KVC_RETURN_IF_ERROR(layer.kv.Reserve(total - layer.local_first));
+  layer.kv.WriteRange(past - layer.local_first, n, a.k, a.v);
   for (int64_t i = 0; i < n; ++i)
     layer.positions.push_back(static_cast<int32_t>(a.first_position + i));
   layer.next_position = a.first_position + n;
 
   QueryMean(a.q, n - 1);
   int64_t pairs = 0;
-  if (n > 1 || layer.scheduler.NextStepIsFull(query_mean_)) {
+  bool full = n > 1 || layer.scheduler.NextStepIsFull(query_mean_);
+  if (full && layer.local_first > 0) {
+    // Rehydrate Cf. A decode step whose store cannot answer stays a partial
+    // step over the local hot set (generation goes on; the next due check
+    // tries again); a prefill chunk cannot do without it.
+    const absl::Status s = Rehydrate(a.layer, layer, total);
+    if (!s.ok()) {
+      if (n > 1) return s;
+      ++refreshes_skipped_;
+      last_cold_error_ = s;
+      full = false;
+    }
+  }
+  if (full) {
     KVC_RETURN_IF_ERROR(FullAttend(ctx, a, layer, total));
     if (n == 1) ++full_steps_;
     pairs = n * past + n * (n + 1) / 2;
   } else {
     pairs = static_cast<int64_t>(layer.hot.front().size()) + 1;
-    KVC_RETURN_IF_ERROR(PartialAttend(ctx, a, layer, total));
+    if (cold_ != nullptr) {
+      KVC_RETURN_IF_ERROR(PartialAttendCold(ctx, a, layer, total));
+    } else {
+      KVC_RETURN_IF_ERROR(PartialAttend(ctx, a, layer, total));
+    }
     ++partial_steps_;
   }
+  if (cold_ != nullptr && n == 1) KVC_RETURN_IF_ERROR(Trim(a.layer, layer, total));
   if (a.layer == 0) stats_.attended_last_step = 0;
   stats_.attended_last_step += pairs;
   stats_.attended_total += pairs;
@@ -145,10 +179,102 @@ absl::Status RefreshKv::FullAttend(const k::ExecContext& ctx, const model::Atten
   const k::ScoreAccum accum{
       k::ScoreMode::kSum, k::GroupReduce::kMax, 0.999f, n - 1, scores_.data(), nullptr};
   const k::KvGather gather{indptr_.data(), indices_.data(), gather_positions_.data(), false};
-  KVC_RETURN_IF_ERROR(AttendGather(ctx, config_, a.q, n, layer.kv.Pool(total), gather,
-                                   query_positions_.data(), accum, a.out, a.lse));
+  // Cf: local (slot = token), or rehydrated from the cold store (Attend).
+  const LayerKv* cf = layer.local_first > 0 ? &full_kv_ : &layer.kv;
+  KVC_RETURN_IF_ERROR(AttendGather(ctx, config_, a.q, n, cf->Pool(total), gather, query_positions_.data(), accum,
+                                   a.out, a.lse));
   Rebuild(layer, total);
+  if (cold_ != nullptr) KVC_RETURN_IF_ERROR(FillHot(layer, *cf));
   layer.scheduler.Refreshed(query_mean_);
+  return absl::OkStatus();
+}
+
+absl::Status RefreshKv::Rehydrate(int32_t l, Layer& layer, int64_t total) {
+  const int64_t stored = layer.local_first;
+  const size_t row = static_cast<size_t>(config_.n_kv_heads) * config_.head_dim();
+  KVC_RETURN_IF_ERROR(full_kv_.Reserve(total));
+  try {
+    fetch_k_.resize(stored * row);
+    fetch_v_.resize(stored * row);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat("refreshkv: no memory to rehydrate ", stored, " tokens"));
+  }
+  const absl::Status fetched = cold_->Fetch(l, stored, fetch_k_.data(), fetch_v_.data());
+  if (!fetched.ok()) {
+    return absl::Status(fetched.code(), absl::StrCat("refreshkv: rehydrating layer ", l, ": ", fetched.message()));
+  }
+  full_kv_.WriteRange(0, stored, fetch_k_.data(), fetch_v_.data());
+  full_kv_.CopyRows(layer.kv, 0, stored, total - stored);
+  rehydrated_tokens_ += stored;
+  return absl::OkStatus();
+}
+
+absl::Status RefreshKv::FillHot(Layer& layer, const LayerKv& cf) {
+  const int32_t slots = options_.k + 1;
+  for (int32_t h = 0; h < config_.n_kv_heads; ++h) {
+    const std::deque<int32_t>& hot = layer.hot[h];
+    layer.hot_slot[h].clear();
+    for (size_t i = 0; i < hot.size(); ++i) {
+      layer.hot_kv.CopyHead(cf, hot[i], static_cast<int64_t>(i), h);
+      layer.hot_slot[h].push_back(static_cast<int32_t>(i));
+    }
+    std::vector<int32_t>& free = layer.free_slots[h];
+    free.clear();
+    for (int32_t s = slots - 1; s >= static_cast<int32_t>(hot.size()); --s) free.push_back(s);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RefreshKv::PartialAttendCold(const k::ExecContext& ctx, const model::AttendArgs& a, Layer& layer,
+                                          int64_t total) {
+  const int32_t hkv = config_.n_kv_heads;
+  const int32_t token = static_cast<int32_t>(total - 1);
+  const int64_t m = static_cast<int64_t>(layer.hot.front().size()), per_list = m + 1;
+  indptr_.resize(hkv + 1);
+  indices_.resize(static_cast<size_t>(hkv) * per_list);
+  gather_positions_.resize(indices_.size());
+  for (int32_t h = 0; h < hkv; ++h) {
+    if (layer.free_slots[h].empty()) return absl::InternalError("refreshkv: hot set has no free slot");
+    const int32_t fresh = layer.free_slots[h].back();
+    layer.free_slots[h].pop_back();
+    layer.hot_kv.CopyHead(layer.kv, token - layer.local_first, fresh, h);
+    // Cp in token order (compact positions keep it), then the new token.
+    token_slot_.clear();
+    for (size_t i = 0; i < layer.hot[h].size(); ++i) token_slot_.emplace_back(layer.hot[h][i], layer.hot_slot[h][i]);
+    std::sort(token_slot_.begin(), token_slot_.end());
+    token_slot_.emplace_back(token, fresh);
+    indptr_[h] = static_cast<int32_t>(h * per_list);
+    for (int64_t j = 0; j < per_list; ++j) {
+      indices_[h * per_list + j] = token_slot_[j].second;
+      gather_positions_[h * per_list + j] =
+          options_.compact_positions ? static_cast<int32_t>(j) : layer.positions[token_slot_[j].first];
+    }
+    layer.hot[h].push_back(token);
+    layer.hot_slot[h].push_back(fresh);
+  }
+  indptr_[hkv] = static_cast<int32_t>(hkv * per_list);
+  query_positions_.assign(1, options_.compact_positions ? static_cast<int32_t>(m) : layer.positions[token]);
+  const k::KvGather gather{indptr_.data(), indices_.data(), gather_positions_.data(), true};
+  KVC_RETURN_IF_ERROR(AttendGather(ctx, config_, a.q, 1, layer.hot_kv.Pool(int64_t{options_.k} + 1), gather,
+                                   query_positions_.data(), k::ScoreAccum{}, a.out, a.lse));
+  for (int32_t h = 0; h < hkv; ++h) {
+    if (static_cast<int64_t>(layer.hot[h].size()) > options_.k) {
+      layer.free_slots[h].push_back(layer.hot_slot[h].front());
+      layer.hot[h].pop_front();
+      layer.hot_slot[h].pop_front();
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RefreshKv::Trim(int32_t l, Layer& layer, int64_t total) {
+  const int64_t stored = std::min(cold_->stored_tokens(l), total);
+  if (stored <= layer.local_first) return absl::OkStatus();
+  const int64_t keep = total - stored;
+  layer.kv.MoveRows(stored - layer.local_first, 0, keep);
+  layer.local_first = stored;
+  // Give back the prompt's rows once (not on every step).
+  if (layer.kv.capacity() > 2 * keep + 1024) layer.kv.Shrink(std::max<int64_t>(2 * keep, 256));
   return absl::OkStatus();
 }
 
@@ -215,11 +341,22 @@ PolicyStats RefreshKv::stats() const {
   s.resident_bytes = 0;
   for (const Layer& l : layers_) {
     const int64_t tokens = static_cast<int64_t>(l.positions.size());
-    // Cf holds every token: |Cf| is resident; the hot set per step is K.
-    s.resident_tokens = std::max(s.resident_tokens, tokens);
-    s.resident_bytes += static_cast<size_t>(tokens) * (l.kv.slot_bytes() + 4u) +
-                        l.hot.size() * l.hot.front().size() * 4u;
+    if (cold_ == nullptr) {
+      // Cf holds every token: |Cf| is resident; the hot set per step is K.
+      s.resident_tokens = std::max(s.resident_tokens, tokens);
+      s.resident_bytes += static_cast<size_t>(tokens) * (l.kv.slot_bytes() + 4u) +
+                          l.hot.size() * l.hot.front().size() * 4u;
+    } else {
+      // The tokens the store does not hold yet and the hot set's rows.
+      const int64_t local = tokens - l.local_first;
+      s.resident_tokens = std::max<int64_t>(s.resident_tokens, local + static_cast<int64_t>(l.hot.front().size()));
+      s.resident_bytes += static_cast<size_t>(l.kv.capacity() + l.hot_kv.capacity()) * l.kv.slot_bytes() +
+                          static_cast<size_t>(tokens) * 4u + l.hot.size() * l.hot.front().size() * 8u;
+    }
   }
+  // The rehydration buffer (one layer's Cf, while full steps need it).
+  s.resident_bytes += static_cast<size_t>(full_kv_.capacity()) * full_kv_.slot_bytes() +
+                      (fetch_k_.capacity() + fetch_v_.capacity()) * sizeof(float);
   return s;
 }
 

@@ -35,6 +35,18 @@
 // one, so T decode steps in fixed mode cost about T*L/S + T*K. The scores
 // of a rebuild come from the same kernel call and are not counted again.
 //
+// With a cold store (SetColdStore: the cache service holding the sequence's
+// blocks, worker/kv), Cf is not kept: each layer keeps its hot set (every
+// KV head's Cp rows, in a pool of K + 1 slots) and the tokens the store has
+// not acknowledged yet; the rows of every other token are dropped after
+// each decode step. A full step rehydrates Cf: the store's tokens are
+// fetched into one buffer shared by the layers, the local ones appended,
+// and the step proceeds as above, with the same kernel calls on the same
+// rows, so its output is the same bit for bit. A prefill keeps the prompt
+// local until its first decode step. A due full step whose store cannot
+// answer runs as a partial step over the local hot set instead (counted in
+// refreshes_skipped()): generation goes on while the service is away.
+//
 // Not thread-safe; one object per sequence.
 #ifndef KVC_WORKER_CACHE_REFRESH_KV_H_
 #define KVC_WORKER_CACHE_REFRESH_KV_H_
@@ -46,6 +58,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "worker/cache/cold_store.h"
 #include "worker/cache/layer_kv.h"
 #include "worker/cache/policy.h"
 #include "worker/model/checkpoint.h"
@@ -100,6 +113,17 @@ class RefreshKv : public CachePolicy {
     return (layers_.front().kv.slot_bytes() + 4u + 4u * config_.n_kv_heads) * layers_.size();
   }
 
+  // Keeps Cf in `cold` (which must outlive the policy) instead of host
+  // memory, as the class comment says. FAILED_PRECONDITION once a token has
+  // been attended.
+  absl::Status SetColdStore(ColdKvStore* cold) override;
+  // Tokens fetched from the cold store by full steps, summed over layers.
+  int64_t rehydrated_tokens() const { return rehydrated_tokens_; }
+  // Full steps that ran as partial steps because the cold store could not
+  // answer, and its last error.
+  int64_t refreshes_skipped() const { return refreshes_skipped_; }
+  const absl::Status& last_cold_error() const { return last_cold_error_; }
+
   // Decode steps that were full / partial steps, summed over layers.
   int64_t full_steps() const { return full_steps_; }
   int64_t partial_steps() const { return partial_steps_; }
@@ -109,11 +133,21 @@ class RefreshKv : public CachePolicy {
 
  private:
   struct Layer {
-    LayerKv kv;                            // Cf: slot i holds token i
+    Layer(const model::ModelConfig& config, const RefreshKvOptions& options);
+    // Cf, or with a cold store its local part: slot i holds token
+    // local_first + i.
+    LayerKv kv;
+    int64_t local_first = 0;
     std::vector<int32_t> positions;        // original position of each token
-    std::vector<std::deque<int32_t>> hot;  // Cp: [Hkv] slots, eviction order
+    std::vector<std::deque<int32_t>> hot;  // Cp: [Hkv] tokens, eviction order
     RefreshScheduler scheduler;
     int64_t next_position = 0;  // the lowest position the next chunk may start at
+    // With a cold store: Cp's rows, head h's entry hot[h][i] in slot
+    // hot_slot[h][i] of hot_kv (K + 1 slots, per head), and each head's
+    // free slots.
+    LayerKv hot_kv;
+    std::vector<std::deque<int32_t>> hot_slot;
+    std::vector<std::vector<int32_t>> free_slots;
   };
   RefreshKv(const model::ModelConfig& config, const RefreshKvOptions& options);
   // Attends all `total` tokens of `layer` (the chunk is the last a.num_tokens),
@@ -127,6 +161,16 @@ class RefreshKv : public CachePolicy {
                              Layer& layer, int64_t total);
   // Cp of every head from scores_ ([Hkv][total]).
   void Rebuild(Layer& layer, int64_t total);
+  // Cold store: every token of layer `l` into full_kv_ (fetched, then the
+  // local ones).
+  absl::Status Rehydrate(int32_t l, Layer& layer, int64_t total);
+  // Cold store: Cp's rows into hot_kv from `cf` (slot = token).
+  absl::Status FillHot(Layer& layer, const LayerKv& cf);
+  // Cold store: one decode step over hot_kv and the new token.
+  absl::Status PartialAttendCold(const kernels::ExecContext& ctx, const model::AttendArgs& a, Layer& layer,
+                                 int64_t total);
+  // Cold store: drops the local rows of tokens the store now holds.
+  absl::Status Trim(int32_t l, Layer& layer, int64_t total);
   // Mean over query heads of query row `i` of q, into query_mean_.
   void QueryMean(const float* q, int64_t i);
 
@@ -134,6 +178,12 @@ class RefreshKv : public CachePolicy {
   RefreshKvOptions options_;
   std::vector<Layer> layers_;
   int64_t full_steps_ = 0, partial_steps_ = 0;
+  ColdKvStore* cold_ = nullptr;
+  LayerKv full_kv_;  // rehydrated Cf, shared by the layers (cold store only)
+  std::vector<float> fetch_k_, fetch_v_;
+  int64_t rehydrated_tokens_ = 0, refreshes_skipped_ = 0;
+  absl::Status last_cold_error_;
+  std::vector<std::pair<int32_t, int32_t>> token_slot_;
   // Scratch.
   std::vector<float> scores_, pooled_, query_mean_;
   std::vector<int32_t> indptr_, indices_, gather_positions_, query_positions_, order_;

@@ -48,13 +48,31 @@ bool BlockWriter::Retriable(const absl::Status& s) {
   }
 }
 
-absl::Status BlockWriter::Submit(std::string block) {
+void BlockWriter::Resolve(std::vector<Entry>& entries, bool stored) {
+  if (entries.empty()) return;
+  for (Entry& e : entries) {
+    if (e.done) e.done(stored);
+  }
+  // Counted only now, so Flush returns after every callback ran.
+  absl::MutexLock lock(&mu_);
+  resolved_ += entries.size();
+  entries.clear();
+}
+
+absl::Status BlockWriter::Submit(std::string block, Done done) {
   const size_t bytes = block.size();
   if (bytes > options_.max_queued_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("block writer: a block of ", bytes,
                                                    " bytes is larger than max_queued_bytes (",
                                                    options_.max_queued_bytes, ")"));
   }
+  std::vector<Entry> dropped;
+  absl::Status result = SubmitLocked(Entry{std::move(block), std::move(done)}, bytes, dropped);
+  Resolve(dropped, false);
+  return result;
+}
+
+absl::Status BlockWriter::SubmitLocked(Entry entry, size_t bytes, std::vector<Entry>& dropped) {
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::FailedPreconditionError("block writer: stopping");
   ++stats_.submitted;
@@ -69,29 +87,30 @@ absl::Status BlockWriter::Submit(std::string block) {
     // Degraded: the oldest queued blocks make room; if the batch in flight
     // alone leaves none, this block is the one dropped.
     while (!fits() && !queue_.empty()) {
-      stats_.queued_bytes -= queue_.front().size();
+      stats_.queued_bytes -= queue_.front().bytes.size();
       --stats_.queued_blocks;
+      dropped.push_back(std::move(queue_.front()));
       queue_.pop_front();
       ++stats_.dropped;
-      ++resolved_;
     }
     if (!fits()) {
       ++stats_.dropped;
-      ++resolved_;
+      dropped.push_back(std::move(entry));
       return absl::OkStatus();
     }
   }
   stats_.queued_bytes += bytes;
   ++stats_.queued_blocks;
-  queue_.push_back(std::move(block));
+  queue_.push_back(std::move(entry));
   return absl::OkStatus();
 }
 
 void BlockWriter::Run() {
   absl::Duration backoff = options_.retry_initial;
-  std::vector<std::string> batch;
+  std::vector<Entry> batch, resolved;
   std::vector<absl::string_view> views;
   for (;;) {
+    Resolve(resolved, resolved_stored_);
     {
       absl::MutexLock lock(&mu_);
       auto work = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty() || stopping_; };
@@ -99,8 +118,8 @@ void BlockWriter::Run() {
       if (queue_.empty()) return;  // stopping, nothing left
       size_t bytes = 0;
       while (!queue_.empty() && static_cast<int32_t>(batch.size()) < options_.max_batch_blocks &&
-             (batch.empty() || bytes + queue_.front().size() <= options_.max_batch_bytes)) {
-        bytes += queue_.front().size();
+             (batch.empty() || bytes + queue_.front().bytes.size() <= options_.max_batch_bytes)) {
+        bytes += queue_.front().bytes.size();
         batch.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
@@ -109,21 +128,23 @@ void BlockWriter::Run() {
       sending_blocks_ = batch.size();
       sending_bytes_ = bytes;
     }
-    views.assign(batch.begin(), batch.end());
+    views.clear();
+    for (const Entry& e : batch) views.push_back(e.bytes);
     const absl::Status s = client_->Put(views, options_.write_through_disk);
     absl::MutexLock lock(&mu_);
     sending_blocks_ = 0;
     sending_bytes_ = 0;
     if (s.ok()) {
       stats_.stored += batch.size();
-      for (const std::string& b : batch) stats_.stored_bytes += b.size();
-      resolved_ += batch.size();
+      for (const Entry& e : batch) stats_.stored_bytes += e.bytes.size();
       if (stats_.degraded) {
         KVC_LOG(kInfo, "write_through_recovered").With("queued_blocks", uint64_t{stats_.queued_blocks});
       }
       stats_.degraded = false;
       backoff = options_.retry_initial;
+      resolved = std::move(batch);
       batch.clear();
+      resolved_stored_ = true;
       continue;
     }
     ++stats_.put_failures;
@@ -131,8 +152,9 @@ void BlockWriter::Run() {
     if (!Retriable(s)) {
       KVC_LOG(kWarning, "write_through_rejected").With("blocks", uint64_t{batch.size()}).With("error", s.ToString());
       stats_.rejected += batch.size();
-      resolved_ += batch.size();
+      resolved = std::move(batch);
       batch.clear();
+      resolved_stored_ = false;
       continue;
     }
     if (!stats_.degraded) {
@@ -144,27 +166,32 @@ void BlockWriter::Run() {
       // No one will wait for a service that is away: drop everything.
       const uint64_t lost = batch.size() + queue_.size();
       stats_.dropped += lost;
-      resolved_ += lost;
+      for (Entry& e : queue_) batch.push_back(std::move(e));
       queue_.clear();
       stats_.queued_bytes = 0;
       stats_.queued_blocks = 0;
-      return;
+      // Resolved (false) at the top of the loop, which then ends.
+      resolved = std::move(batch);
+      batch.clear();
+      resolved_stored_ = false;
+      continue;
     }
     // The batch goes back to the front, oldest first, to be retried; when the
     // queue has filled meanwhile, the oldest blocks give way (as in Submit).
     size_t bytes = stats_.queued_bytes;
     for (auto it = batch.rbegin(); it != batch.rend(); ++it) {
-      if (bytes + it->size() > options_.max_queued_bytes) {
+      if (bytes + it->bytes.size() > options_.max_queued_bytes) {
         ++stats_.dropped;
-        ++resolved_;
+        resolved.push_back(std::move(*it));
         continue;
       }
-      bytes += it->size();
+      bytes += it->bytes.size();
       ++stats_.queued_blocks;
       queue_.push_front(std::move(*it));
     }
     stats_.queued_bytes = bytes;
     batch.clear();
+    resolved_stored_ = false;
     auto stop = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
     mu_.AwaitWithTimeout(absl::Condition(&stop), backoff);
     backoff = std::min(backoff * 2, options_.retry_max);

@@ -24,8 +24,10 @@
 #include <deque>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -76,10 +78,16 @@ class BlockWriter {
   BlockWriter(const BlockWriter&) = delete;
   BlockWriter& operator=(const BlockWriter&) = delete;
 
+  // Called once per block when it is resolved: true when the service stored
+  // it, false when it was dropped or refused. On the writer's thread (or the
+  // submitter's, for a block dropped at once), with no lock of the writer held.
+  using Done = absl::AnyInvocable<void(bool stored)>;
+
   // Queues one serialized kvcache.v1.Block (see the class comment for when
   // it waits). A block larger than max_queued_bytes is refused with
-  // INVALID_ARGUMENT; after the destructor began, FAILED_PRECONDITION.
-  absl::Status Submit(std::string block);
+  // INVALID_ARGUMENT; after the destructor began, FAILED_PRECONDITION (done
+  // is not called then).
+  absl::Status Submit(std::string block, Done done = nullptr);
 
   // Waits until every block submitted so far is stored, dropped or
   // rejected, or `timeout` passes (DEADLINE_EXCEEDED, with what is left).
@@ -97,13 +105,22 @@ class BlockWriter {
   BlockClient* const client_;
   const BlockWriterOptions options_;
 
+  struct Entry {
+    std::string bytes;
+    Done done;
+  };
+  // Calls the entries' callbacks (outside mu_).
+  void Resolve(std::vector<Entry>& entries, bool stored) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status SubmitLocked(Entry entry, size_t bytes, std::vector<Entry>& dropped);
+
   mutable absl::Mutex mu_;
-  std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<Entry> queue_ ABSL_GUARDED_BY(mu_);
   size_t sending_blocks_ ABSL_GUARDED_BY(mu_) = 0;  // taken by the thread, not yet resolved
   size_t sending_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   BlockWriterStats stats_ ABSL_GUARDED_BY(mu_);
-  uint64_t resolved_ ABSL_GUARDED_BY(mu_) = 0;  // stored + dropped + rejected
+  uint64_t resolved_ ABSL_GUARDED_BY(mu_) = 0;  // stored + dropped + rejected, callbacks run
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool resolved_stored_ = false;  // writer thread only: what `resolved` entries get
   std::thread thread_;
 };
 

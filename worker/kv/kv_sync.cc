@@ -40,29 +40,95 @@ BlockKey KvBlockKey(const KvSyncOptions& options, int32_t layer, const Hash128& 
 }
 
 WriteThroughCache::WriteThroughCache(const model::ModelConfig& config, std::unique_ptr<cache::CachePolicy> inner,
-                                     BlockWriter* writer, const KvSyncOptions& options)
+                                     BlockWriter* writer, const KvSyncOptions& options, BlockClient* reader)
     : config_(config),
       inner_(std::move(inner)),
       writer_(writer),
       options_(options),
       shape_(options.Shape(config)),
-      staging_(config.n_layers) {
+      staging_(config.n_layers),
+      reader_(reader),
+      acks_(std::make_shared<Acks>()) {
   for (Staging& s : staging_) {
     s.k.resize(static_cast<size_t>(shape_.elements()));
     s.v.resize(static_cast<size_t>(shape_.elements()));
   }
+  absl::MutexLock lock(&acks_->mu);
+  acks_->leading.assign(config.n_layers, 0);
+  acks_->ahead.assign(config.n_layers, {});
 }
 
 absl::StatusOr<std::unique_ptr<WriteThroughCache>> WriteThroughCache::Create(
     const model::ModelConfig& config, std::unique_ptr<cache::CachePolicy> inner, BlockWriter* writer,
-    const KvSyncOptions& options) {
+    const KvSyncOptions& options, BlockClient* reader) {
   KVC_RETURN_IF_ERROR(options.Validate());
   if (inner == nullptr || writer == nullptr) return absl::InvalidArgumentError("write-through: null policy or writer");
   if (inner->device_resident()) {
     return absl::InvalidArgumentError(
         absl::StrCat("write-through: policy ", inner->name(), " keeps its KV on the device; only host policies"));
   }
-  return std::unique_ptr<WriteThroughCache>(new WriteThroughCache(config, std::move(inner), writer, options));
+  std::unique_ptr<WriteThroughCache> c(new WriteThroughCache(config, std::move(inner), writer, options, reader));
+  if (reader != nullptr) {
+    const absl::Status s = c->inner_->SetColdStore(c.get());
+    if (s.ok()) {
+      c->offloaded_ = true;
+    } else if (!absl::IsUnimplemented(s)) {
+      return s;
+    }
+  }
+  return c;
+}
+
+void WriteThroughCache::Acks::Stored(int32_t layer, int64_t block) {
+  absl::MutexLock lock(&mu);
+  int64_t& lead = leading[layer];
+  std::vector<int64_t>& later = ahead[layer];
+  if (block < lead) return;
+  if (block > lead) {
+    later.insert(std::upper_bound(later.begin(), later.end(), block), block);
+    return;
+  }
+  ++lead;
+  while (!later.empty() && later.front() <= lead) {
+    if (later.front() == lead) ++lead;
+    later.erase(later.begin());
+  }
+}
+
+int64_t WriteThroughCache::stored_tokens(int32_t layer) const {
+  absl::MutexLock lock(&acks_->mu);
+  return acks_->leading[layer] * options_.block_tokens;
+}
+
+absl::Status WriteThroughCache::Fetch(int32_t layer, int64_t n, float* k, float* v) {
+  if (reader_ == nullptr) return absl::FailedPreconditionError("write-through: no reader to fetch blocks with");
+  const int32_t bt = options_.block_tokens;
+  if (n % bt != 0 || n > stored_tokens(layer)) {
+    return absl::InvalidArgumentError(absl::StrCat("write-through: fetch of ", n, " tokens of layer ", layer, " (",
+                                                   stored_tokens(layer), " stored, blocks of ", bt, ")"));
+  }
+  const int64_t blocks = n / bt, elems = shape_.elements();
+  fetch_keys_.clear();
+  for (int64_t b = 0; b < blocks; ++b) fetch_keys_.push_back(KvBlockKey(options_, layer, hashes_[b]));
+  absl::Status first_error;
+  int64_t got_blocks = 0;
+  const absl::Status s = reader_->Get(fetch_keys_, [&](GotBlock& got) {
+    absl::Status ok = got.status;
+    if (ok.ok()) ok = DecodeKvBlock(got.block, shape_, k + got.index * elems, v + got.index * elems);
+    if (ok.ok()) {
+      ++got_blocks;
+    } else if (first_error.ok()) {
+      first_error = absl::Status(absl::IsNotFound(ok) ? absl::StatusCode::kDataLoss : ok.code(),
+                                 absl::StrCat("block ", got.index, " of layer ", layer, ": ", ok.message()));
+    }
+  });
+  KVC_RETURN_IF_ERROR(s);
+  KVC_RETURN_IF_ERROR(first_error);
+  if (got_blocks != blocks) {
+    return absl::DataLossError(absl::StrCat("write-through: ", got_blocks, " of ", blocks, " blocks of layer ", layer,
+                                            " came back"));
+  }
+  return absl::OkStatus();
 }
 
 void WriteThroughCache::AppendTokens(std::span<const int32_t> tokens) {
@@ -85,6 +151,8 @@ absl::Status WriteThroughCache::SkipStoredPrefix(int64_t tokens) {
     if (s.next_position != 0) return absl::FailedPreconditionError("write-through: the sequence has already started");
   }
   for (Staging& s : staging_) s.next_position = tokens;
+  absl::MutexLock lock(&acks_->mu);
+  for (int64_t& lead : acks_->leading) lead = tokens / options_.block_tokens;
   return absl::OkStatus();
 }
 
@@ -112,7 +180,9 @@ absl::Status WriteThroughCache::Attend(const kernels::ExecContext& ctx, const mo
     }
     std::string encoded = EncodeKvBlock(KvBlockKey(options_, a.layer, hashes_[block]), shape_, block * bt, s.k.data(),
                                         s.v.data());
-    KVC_RETURN_IF_ERROR(writer_->Submit(std::move(encoded)));
+    KVC_RETURN_IF_ERROR(writer_->Submit(std::move(encoded), [acks = acks_, l = a.layer, block](bool stored) {
+      if (stored) acks->Stored(l, block);
+    }));
     ++blocks_written_;
   }
   s.next_position = a.first_position + a.num_tokens;

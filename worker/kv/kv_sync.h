@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "worker/cache/policy.h"
 #include "worker/kv/block_client.h"
 #include "worker/kv/block_codec.h"
@@ -41,13 +42,26 @@ BlockKey KvBlockKey(const KvSyncOptions& options, int32_t layer, const Hash128& 
 // A cache policy that also writes the sequence's KV through to the service.
 // Tokens must be announced (AppendTokens) before they run through the model:
 // a block's key is the hash of every token up to its end. Host policies only.
-class WriteThroughCache : public cache::CachePolicy {
+//
+// It is also the policy's cold store (cache::ColdKvStore): the blocks the
+// service acknowledged, read back through `reader`. Given a reader, Create
+// hands it to a policy that can rehydrate from it (RefreshKV), which then
+// keeps only its hot set and the tokens not yet acknowledged.
+class WriteThroughCache : public cache::CachePolicy, public cache::ColdKvStore {
  public:
-  // `writer` must outlive the cache. INVALID_ARGUMENT for a device-resident
-  // policy (its KV is not in host memory) or bad options.
+  // `writer` (and `reader`, when not null) must outlive the cache.
+  // INVALID_ARGUMENT for a device-resident policy (its KV is not in host
+  // memory) or bad options.
   static absl::StatusOr<std::unique_ptr<WriteThroughCache>> Create(const model::ModelConfig& config,
                                                                    std::unique_ptr<cache::CachePolicy> inner,
-                                                                   BlockWriter* writer, const KvSyncOptions& options);
+                                                                   BlockWriter* writer, const KvSyncOptions& options,
+                                                                   BlockClient* reader = nullptr);
+  // Whether the inner policy keeps its full context in the service.
+  bool offloaded() const { return offloaded_; }
+
+  // cache::ColdKvStore: whole blocks, acknowledged in order from the first.
+  int64_t stored_tokens(int32_t layer) const override;
+  absl::Status Fetch(int32_t layer, int64_t n, float* k, float* v) override;
 
   // The next tokens of the sequence, in order.
   void AppendTokens(std::span<const int32_t> tokens);
@@ -73,7 +87,16 @@ class WriteThroughCache : public cache::CachePolicy {
 
  private:
   WriteThroughCache(const model::ModelConfig& config, std::unique_ptr<cache::CachePolicy> inner, BlockWriter* writer,
-                    const KvSyncOptions& options);
+                    const KvSyncOptions& options, BlockClient* reader);
+
+  // Blocks the service acknowledged, per layer; shared with the writer's
+  // callbacks, which may outlive the cache.
+  struct Acks {
+    absl::Mutex mu;
+    std::vector<int64_t> leading ABSL_GUARDED_BY(mu);           // [L] blocks 0..leading-1 stored
+    std::vector<std::vector<int64_t>> ahead ABSL_GUARDED_BY(mu);  // [L] stored past a gap, sorted
+    void Stored(int32_t layer, int64_t block);
+  };
 
   struct Staging {
     std::vector<float> k, v;  // one block of rows
@@ -89,6 +112,10 @@ class WriteThroughCache : public cache::CachePolicy {
   std::vector<Hash128> hashes_;  // of every whole block of tokens_
   std::vector<Staging> staging_;  // per layer
   int64_t blocks_written_ = 0;
+  BlockClient* reader_;
+  bool offloaded_ = false;
+  std::shared_ptr<Acks> acks_;
+  std::vector<BlockKey> fetch_keys_;
 };
 
 struct PrefixLoad {
