@@ -16,6 +16,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "common/clock.h"
 #include "cachesvc/cached_block.h"
 #include "cachesvc/limits.h"
 #include "gtest/gtest.h"
@@ -27,6 +28,7 @@
 #include "worker/kv/block_codec.h"
 #include "worker/kv/block_writer.h"
 #include "worker/kv/kv_sync.h"
+#include "worker/kv/resilient_block_client.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/transformer.h"
 
@@ -138,6 +140,25 @@ class FakeService : public BlockClient {
   int puts_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// One connection to a FakeService (what a factory makes).
+class FakeConnection : public BlockClient {
+ public:
+  explicit FakeConnection(FakeService* svc) : svc_(svc) {}
+  absl::string_view transport() const override { return "fake"; }
+  absl::Status Put(std::span<const absl::string_view> blocks, bool wt) override { return svc_->Put(blocks, wt); }
+  absl::Status Get(std::span<const BlockKey> keys, absl::FunctionRef<void(GotBlock&)> on_block) override {
+    return svc_->Get(keys, on_block);
+  }
+  absl::StatusOr<uint32_t> Lookup(absl::string_view t, absl::string_view m, std::span<const uint32_t> l,
+                                  std::span<const Hash128> h) override {
+    return svc_->Lookup(t, m, l, h);
+  }
+  absl::StatusOr<bool> Healthy() override { return svc_->Healthy(); }
+
+ private:
+  FakeService* svc_;
+};
+
 std::vector<float> Ramp(int64_t n, float scale) {
   std::vector<float> x(n);
   for (int64_t i = 0; i < n; ++i) x[i] = scale * static_cast<float>((i * 37) % 101 - 50);
@@ -240,6 +261,47 @@ BlockWriterOptions SmallWriter(size_t max_blocks) {
   o.retry_initial = absl::Milliseconds(1);
   o.retry_max = absl::Milliseconds(5);
   return o;
+}
+
+TEST(ResilientBlockClientTest, RemakesItsClientAfterTheServiceComesBack) {
+  FakeService svc;
+  FakeClock clock;
+  int made = 0;
+  bool refuse_connect = false;
+  ResilientBlockClient client(
+      [&]() -> absl::StatusOr<std::unique_ptr<BlockClient>> {
+        if (refuse_connect) return absl::UnavailableError("connection refused");
+        ++made;
+        return std::unique_ptr<BlockClient>(new FakeConnection(&svc));
+      },
+      absl::Seconds(1), &clock);
+  EXPECT_EQ(client.transport(), "none");
+  const std::string b = Blob(0);
+  const absl::string_view view = b;
+  ASSERT_TRUE(client.Put(std::span(&view, 1), false).ok());
+  EXPECT_EQ(made, 1);
+  EXPECT_EQ(client.transport(), "fake");
+  // The service goes away: the call fails, the connection is dropped, and
+  // until the retry interval passes no new one is tried.
+  svc.SetReachable(false);
+  refuse_connect = true;
+  EXPECT_EQ(client.Put(std::span(&view, 1), false).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(client.Healthy().status().code(), absl::StatusCode::kUnavailable);
+  clock.Advance(absl::Seconds(2));
+  EXPECT_EQ(client.Put(std::span(&view, 1), false).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(made, 1);
+  // Back: after the interval, a new connection.
+  svc.SetReachable(true);
+  refuse_connect = false;
+  EXPECT_EQ(client.Put(std::span(&view, 1), false).code(), absl::StatusCode::kUnavailable);  // within the interval
+  clock.Advance(absl::Seconds(2));
+  ASSERT_TRUE(client.Put(std::span(&view, 1), false).ok());
+  EXPECT_EQ(made, 2);
+  EXPECT_EQ(client.connects(), 2);
+  // Other errors keep the connection.
+  svc.Refuse(absl::InvalidArgumentError("bad block"));
+  EXPECT_EQ(client.Put(std::span(&view, 1), false).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(client.connects(), 2);
 }
 
 TEST(BlockWriterTest, StoresEverythingSubmitted) {
