@@ -27,6 +27,7 @@
 #include "worker/cache/refresh_kv.h"
 #include "worker/kv/block_codec.h"
 #include "worker/kv/block_writer.h"
+#include "worker/kv/kv_metrics.h"
 #include "worker/kv/kv_sync.h"
 #include "worker/kv/resilient_block_client.h"
 #include "worker/model/checkpoint.h"
@@ -360,6 +361,45 @@ TEST(BlockWriterTest, AnUnreachableServiceDegradesDropsTheOldestAndCatchesUp) {
   EXPECT_EQ(s.stored + s.dropped, 12u);
   EXPECT_EQ(svc.size(), s.stored);
   EXPECT_TRUE(svc.Has(Key(0, 12)));  // the last block submitted survived
+}
+
+double Metric(const std::vector<prometheus::MetricFamily>& families, const std::string& name,
+              const std::string& label = "") {
+  for (const prometheus::MetricFamily& f : families) {
+    if (f.name != name) continue;
+    for (const prometheus::ClientMetric& m : f.metric) {
+      if (!label.empty() && (m.label.empty() || m.label[0].value != label)) continue;
+      return f.type == prometheus::MetricType::Counter ? m.counter.value : m.gauge.value;
+    }
+  }
+  ADD_FAILURE() << "no metric " << name << " " << label;
+  return -1;
+}
+
+TEST(KvMetricsTest, ReportDegradedModeAndTheWriterCounts) {
+  FakeService svc;
+  BlockWriter w(&svc, SmallWriter(4));
+  KvMetrics metrics(&w);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(w.Submit(Blob(i)).ok());
+  ASSERT_TRUE(w.Flush(absl::Seconds(10)).ok());
+  metrics.CountPrefixLookup(128);
+  metrics.CountPrefixLookup(0);
+  metrics.CountRefreshes(4096, 2);
+  auto m = metrics.Collect();
+  EXPECT_EQ(Metric(m, "kvc_worker_write_through_blocks_total", "stored"), 3);
+  EXPECT_EQ(Metric(m, "kvc_worker_cache_service_degraded"), 0);
+  EXPECT_EQ(Metric(m, "kvc_worker_prefix_lookups_total", "hit"), 1);
+  EXPECT_EQ(Metric(m, "kvc_worker_prefix_lookups_total", "miss"), 1);
+  EXPECT_EQ(Metric(m, "kvc_worker_prefix_tokens_loaded_total"), 128);
+  EXPECT_EQ(Metric(m, "kvc_worker_rehydrated_tokens_total"), 4096);
+  svc.SetReachable(false);
+  ASSERT_TRUE(w.Submit(Blob(9)).ok());
+  for (int tries = 0; tries < 1000 && !w.degraded(); ++tries) absl::SleepFor(absl::Milliseconds(2));
+  m = metrics.Collect();
+  EXPECT_EQ(Metric(m, "kvc_worker_cache_service_degraded"), 1);
+  EXPECT_EQ(Metric(m, "kvc_worker_cache_service_degraded_episodes_total"), 1);
+  svc.SetReachable(true);
+  ASSERT_TRUE(w.Flush(absl::Seconds(10)).ok());
 }
 
 TEST(BlockWriterTest, RefusedBlocksAreDroppedNotRetried) {

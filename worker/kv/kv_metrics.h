@@ -1,0 +1,52 @@
+// The Prometheus metrics of a worker's link to the cache service, read at
+// scrape time from the block writer and the counters below (so they cost
+// nothing between scrapes). Names:
+//   kvc_worker_write_through_blocks_total{result}   counter (submitted|stored|dropped|rejected)
+//   kvc_worker_write_through_stored_bytes_total     counter
+//   kvc_worker_write_through_queued_bytes           gauge   (queued or in flight)
+//   kvc_worker_write_through_waits_total            counter (Submit waited for room: backpressure)
+//   kvc_worker_cache_service_degraded               gauge   (1 while the service is unreachable)
+//   kvc_worker_cache_service_degraded_episodes_total counter
+//   kvc_worker_prefix_lookups_total{result}         counter (hit|miss)
+//   kvc_worker_prefix_tokens_loaded_total           counter
+//   kvc_worker_rehydrated_tokens_total              counter (tokens fetched back by refreshes)
+//   kvc_worker_refreshes_skipped_total              counter (refreshes the service could not serve)
+#ifndef KVC_WORKER_KV_KV_METRICS_H_
+#define KVC_WORKER_KV_KV_METRICS_H_
+
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include <prometheus/collectable.h>
+#include <prometheus/metric_family.h>
+
+#include "worker/kv/block_writer.h"
+
+namespace kvc {
+
+// Thread-safe. `writer` (may be null) must outlive the collector.
+class KvMetrics : public prometheus::Collectable {
+ public:
+  explicit KvMetrics(const BlockWriter* writer) : writer_(writer) {}
+
+  void CountPrefixLookup(int64_t tokens_loaded) {
+    (tokens_loaded > 0 ? prefix_hits_ : prefix_misses_).fetch_add(1);
+    prefix_tokens_.fetch_add(static_cast<uint64_t>(tokens_loaded));
+  }
+  // Totals of a sequence's policy, added when the sequence ends.
+  void CountRefreshes(int64_t rehydrated_tokens, int64_t skipped) {
+    rehydrated_.fetch_add(static_cast<uint64_t>(rehydrated_tokens));
+    skipped_.fetch_add(static_cast<uint64_t>(skipped));
+  }
+
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  const BlockWriter* writer_;
+  std::atomic<uint64_t> prefix_hits_{0}, prefix_misses_{0}, prefix_tokens_{0}, rehydrated_{0}, skipped_{0};
+};
+
+}  // namespace kvc
+
+#endif  // KVC_WORKER_KV_KV_METRICS_H_
