@@ -55,6 +55,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "bench/child_process.h"
+#include "bench/redis_util.h"
 #include "common/allocator.h"
 #include "common/hash.h"
 #include "common/status_macros.h"
@@ -230,77 +231,6 @@ class Kvcached {
   int port_ = 0;
   std::unique_ptr<ChildProcess> proc_;
   std::unique_ptr<CacheClient> client_;
-};
-
-struct RedisContextDeleter {
-  void operator()(redisContext* c) const { redisFree(c); }
-};
-using RedisConn = std::unique_ptr<redisContext, RedisContextDeleter>;
-
-absl::StatusOr<RedisConn> RedisConnect(int port) {
-  RedisConn c(redisConnect("127.0.0.1", port));
-  if (c == nullptr) return absl::UnavailableError("redisConnect: out of memory");
-  if (c->err) return absl::UnavailableError(absl::StrCat("redisConnect: ", c->errstr));
-  // hiredis frees its read buffer whenever it is empty and over 16 KiB, so a
-  // 2 MiB reply regrows it from 16 KiB by doubling; 0 keeps it (hiredis's
-  // documented knob for large replies), Redis's best case.
-  c->reader->maxbuf = 0;
-  return c;
-}
-
-// One command, synchronously; the reply must be of `type`.
-absl::Status RedisCommand(redisContext* c, int type, const char* cmd) {
-  auto* r = static_cast<redisReply*>(redisCommand(c, cmd));
-  if (r == nullptr) return absl::UnavailableError(absl::StrCat("redis ", cmd, ": ", c->errstr));
-  const bool ok = r->type == type;
-  std::string got = r->str ? std::string(r->str, r->len) : "";
-  freeReplyObject(r);
-  if (!ok) return absl::InternalError(absl::StrCat("redis ", cmd, ": unexpected reply '", got, "'"));
-  return absl::OkStatus();
-}
-
-class RedisServer {
- public:
-  static absl::StatusOr<std::unique_ptr<RedisServer>> Start(const Settings& s, uint64_t maxmemory) {
-    auto r = std::unique_ptr<RedisServer>(new RedisServer);
-    std::string dir_template = s.tmp_dir + "/kvcache_bench_redis_XXXXXX";
-    if (mkdtemp(dir_template.data()) == nullptr) return absl::InternalError("mkdtemp " + dir_template);
-    r->dir_ = dir_template;
-    KVC_ASSIGN_OR_RETURN(r->port_, PickFreePort());
-    std::vector<std::string> argv = {s.redis_server,  "--port",       absl::StrCat(r->port_),
-                                     "--bind",        "127.0.0.1",    "--save",
-                                     "",              "--appendonly", "no",
-                                     "--protected-mode", "no",        "--maxmemory",
-                                     absl::StrCat(maxmemory), "--maxmemory-policy", "noeviction",
-                                     "--dir",         r->dir_,        "--daemonize",
-                                     "no"};
-    r->cmd_ = absl::StrJoin(argv, " ", [](std::string* out, const std::string& a) {
-      absl::StrAppend(out, a.empty() ? "\"\"" : a);
-    });
-    KVC_ASSIGN_OR_RETURN(r->proc_, ChildProcess::Start(argv, r->dir_ + "/redis.log"));
-    const auto t0 = Clock::now();
-    while (true) {
-      absl::StatusOr<RedisConn> c = RedisConnect(r->port_);
-      if (c.ok() && RedisCommand(c->get(), REDIS_REPLY_STATUS, "PING").ok()) break;
-      if (!r->proc_->Running()) return absl::InternalError("redis-server exited at start; see " + r->dir_);
-      if (Since(t0) > 30) return absl::DeadlineExceededError("redis-server did not answer PING in 30 s");
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return r;
-  }
-  ~RedisServer() {
-    if (proc_) proc_->Stop();
-    std::error_code ec;
-    if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
-  }
-  int port() const { return port_; }
-  const std::string& command() const { return cmd_; }
-
- private:
-  RedisServer() = default;
-  std::string dir_, cmd_;
-  int port_ = 0;
-  std::unique_ptr<ChildProcess> proc_;
 };
 
 // ---------------------------------------------------------------- data
@@ -846,7 +776,7 @@ class Bench {
   absl::Status Run() {
     uint64_t max_ws = 0;
     for (uint64_t b : s_.block_sizes) max_ws = std::max(max_ws, b * s_.batch * std::max<uint64_t>(2, s_.working_set / (b * s_.batch) + 1));
-    KVC_ASSIGN_OR_RETURN(redis_, RedisServer::Start(s_, std::max<uint64_t>(1ull << 30, 2 * max_ws + (256ull << 20))));
+    KVC_ASSIGN_OR_RETURN(redis_, RedisServer::Start(s_.redis_server, s_.tmp_dir, std::max<uint64_t>(1ull << 30, 2 * max_ws + (256ull << 20))));
     KVC_ASSIGN_OR_RETURN(kv_host_, Kvcached::Start(s_, s_.host_capacity, "host"));
     std::printf("kvcached: %s\nredis:    %s\n", kv_host_->command().c_str(), redis_->command().c_str());
     std::fflush(stdout);

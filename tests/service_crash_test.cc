@@ -12,6 +12,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "tests/kvcached_child.h"
 #include "tests/server_fixture.h"
 #include "worker/synthetic.h"
 
@@ -21,55 +22,7 @@ namespace {
 namespace v1 = ::kvcache::v1;
 using ::testing::HasSubstr;
 
-// A kvcached child on a free port over `dir`.
-class Kvcached {
- public:
-  explicit Kvcached(const std::string& dir) : dir_(dir) {
-    std::filesystem::remove(dir_ + "/port");
-    ServerOptions o = testing::TestServerOptions(dir_);  // writes the tokens file
-    args_ = {KVC_KVCACHED_PATH,
-             "--listen_address=127.0.0.1:0",
-             "--port_file=" + dir_ + "/port",
-             "--data_dir=" + o.data_dir,
-             "--metrics_address=",
-             "--auth_tokens_file=" + o.auth_tokens_file,
-             "--host_capacity_bytes=4MiB",
-             "--host_shards=4",
-             "--log_level=warning"};
-    pid_ = fork();
-    if (pid_ == 0) {
-      std::vector<char*> argv;
-      for (auto& a : args_) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    for (int i = 0; i < 300 && port_ == 0; ++i) {
-      std::ifstream in(dir_ + "/port");
-      if (!(in >> port_)) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-  ~Kvcached() {
-    if (pid_ > 0) Kill(SIGKILL);
-  }
-
-  int port() const { return port_; }
-  void Signal(int sig) { kill(pid_, sig); }
-  // Sends `sig` and returns the wait status.
-  int Kill(int sig) {
-    kill(pid_, sig);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return status;
-  }
-
- private:
-  std::string dir_;
-  std::vector<std::string> args_;
-  pid_t pid_ = -1;
-  int port_ = 0;
-};
+using Kvcached = testing::KvcachedChild;
 
 SyntheticSpec Spec(uint64_t seq) {
   SyntheticSpec s;

@@ -35,6 +35,7 @@
 #include "worker/cache/device_full_attention.h"
 #include "worker/cache/policy_factory.h"
 #include "worker/eval/passkey.h"
+#include "worker/kv/service_link.h"
 #include "worker/eval/less_samples.h"
 #include "worker/eval/less_train.h"
 #include "worker/eval/perplexity.h"
@@ -87,6 +88,22 @@ ABSL_FLAG(std::string, less_activation, "exp", "less-train: the maps' activation
 ABSL_FLAG(int, less_steps, 200, "less-train: full-batch Adam steps per layer");
 ABSL_FLAG(double, less_lr, 0.02, "less-train: Adam learning rate");
 ABSL_FLAG(std::string, out, "less_kernels.bin", "less-train: the kernels file to write");
+ABSL_FLAG(std::string, cache_service, "",
+          "generate: the cache service's gRPC address (host:port); the sequence's KV is written through to it, "
+          "its prompt's cached prefix is loaded, and RefreshKV keeps its full context there. \"\" = none");
+ABSL_FLAG(std::string, cache_ucx, "", "generate: the cache service's UCX address (host:port) for bulk KV");
+ABSL_FLAG(std::string, transport, "auto", "generate: ucx, grpc, or auto (UCX when --cache_ucx answers, else gRPC)");
+ABSL_FLAG(std::string, ucx_tls, "", "generate: UCX transports of the client (UCX_TLS), e.g. sm or tcp");
+ABSL_FLAG(std::string, ucx_net_devices, "", "generate: UCX network devices of the client (UCX_NET_DEVICES), e.g. lo");
+ABSL_FLAG(std::string, cache_token, "", "generate: bearer token for the cache service (\"\" when it runs without auth)");
+ABSL_FLAG(std::string, cache_tenant, "default", "generate: tenant of the sequence's blocks (the token's tenant)");
+ABSL_FLAG(std::string, cache_model, "stories15M", "generate: model id of the sequence's blocks");
+ABSL_FLAG(int, block_tokens, 64, "generate: tokens per KV block in the cache service");
+ABSL_FLAG(bool, prefix_reuse, true, "generate: load the prompt's cached prefix instead of computing it");
+ABSL_FLAG(bool, prefix_exact, true,
+          "generate: load whole prefill chunks only (256 tokens), so the logits are bit for bit those of computing "
+          "the prompt; false loads every cached block (the rest runs in other chunks: equal within fp32 rounding)");
+ABSL_FLAG(std::string, metrics_address, "", "generate: serve Prometheus /metrics here (host:port) while running");
 
 namespace {
 
@@ -98,6 +115,7 @@ using kvc::model::Transformer;
 constexpr char kUsage[] = R"(run the model with a KV cache policy.
 
   kvc-worker generate   [--prompt=TEXT --steps=N --temperature=T --top_p=P --policy=SPEC --backend=cpu|cuda]
+                        [--cache_service=HOST:PORT --cache_ucx=HOST:PORT --transport=auto|ucx|grpc --cache_token=T]
   kvc-worker perplexity [--text=moby|generated|FILE --tokens=N --policies=A;B --budgets=64,128 --stride=16]
   kvc-worker passkey    [--filler=1024,4096 --trials=20 --policies=A;B --budgets=...]
   kvc-worker speed      [--contexts=1024,8192,32768 --policies=A;B --budgets=...]
@@ -255,8 +273,37 @@ absl::Status Generate() {
   } else {
     KVC_ASSIGN_OR_RETURN(policy, kvc::cache::MakePolicy(r.model->config(), absl::GetFlag(FLAGS_policy)));
   }
+  // With a cache service: write-through, rehydration, the cached prefix.
+  std::unique_ptr<kvc::ServiceLink> link;
+  std::unique_ptr<kvc::WriteThroughCache> synced;
+  kvc::PrefixLoad load;
+  const auto t_start = std::chrono::steady_clock::now();
+  if (!absl::GetFlag(FLAGS_cache_service).empty()) {
+    kvc::ServiceLinkOptions lo;
+    lo.client.transport = absl::GetFlag(FLAGS_transport);
+    lo.client.grpc.address = absl::GetFlag(FLAGS_cache_service);
+    lo.client.grpc.token = absl::GetFlag(FLAGS_cache_token);
+    lo.client.grpc.timeout = absl::Seconds(10);
+    lo.client.ucx.address = absl::GetFlag(FLAGS_cache_ucx);
+    lo.client.ucx.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
+    lo.client.ucx.ucx.net_devices = absl::GetFlag(FLAGS_ucx_net_devices);
+    lo.client.ucx.timeout = absl::Seconds(10);
+    lo.sync.tenant = absl::GetFlag(FLAGS_cache_tenant);
+    lo.sync.model = absl::GetFlag(FLAGS_cache_model);
+    lo.sync.block_tokens = absl::GetFlag(FLAGS_block_tokens);
+    lo.prefix_reuse = absl::GetFlag(FLAGS_prefix_reuse);
+    lo.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+    KVC_ASSIGN_OR_RETURN(link, kvc::ServiceLink::Start(lo));
+    KVC_ASSIGN_OR_RETURN(synced, link->Attach(r.model->config(), std::move(policy)));
+    const int64_t align = absl::GetFlag(FLAGS_prefix_exact) ? r.model->options().max_chunk : lo.sync.block_tokens;
+    KVC_ASSIGN_OR_RETURN(load, link->LoadPrefix(r.model->config(), prompt, *synced, align));
+  }
+  kvc::cache::CachePolicy& cache = synced ? static_cast<kvc::cache::CachePolicy&>(*synced) : *policy;
   std::vector<float> logits(r.model->config().vocab_size);
-  KVC_RETURN_IF_ERROR(r.model->Forward(prompt, 0, *policy, logits.data()));
+  if (synced) synced->AppendTokens(absl::MakeConstSpan(prompt).subspan(load.tokens));
+  KVC_RETURN_IF_ERROR(
+      r.model->Forward(absl::MakeConstSpan(prompt).subspan(load.tokens), load.tokens, cache, logits.data()));
+  const double ttft = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   kvc::model::Sampler sampler(so);
   std::string out = r.tokenizer->DecodeAll(prompt);
   std::fputs(out.c_str(), stdout);
@@ -269,11 +316,26 @@ absl::Status Generate() {
     std::fputs(r.tokenizer->Decode(prev, next).c_str(), stdout);
     std::fflush(stdout);
     prev = next;
-    KVC_RETURN_IF_ERROR(r.model->Forward(absl::MakeConstSpan(&next, 1), prompt.size() + steps, *policy, logits.data()));
+    if (synced) synced->AppendTokens(absl::MakeConstSpan(&next, 1));
+    KVC_RETURN_IF_ERROR(r.model->Forward(absl::MakeConstSpan(&next, 1), prompt.size() + steps, cache, logits.data()));
   }
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::fprintf(stderr, "\n%d tokens in %.2f s: %.1f tokens/s (policy %s, resident KV %s)\n", steps, s,
-               steps / std::max(s, 1e-9), policy->name().c_str(), Bytes(policy->stats().resident_bytes).c_str());
+  std::fprintf(stderr, "\n%d tokens in %.2f s: %.1f tokens/s (policy %s, resident KV %s); first token after %.1f ms\n",
+               steps, s, steps / std::max(s, 1e-9), cache.name().c_str(), Bytes(cache.stats().resident_bytes).c_str(),
+               ttft * 1e3);
+  if (link) {
+    const absl::Status flushed = link->writer().Flush(absl::Seconds(30));
+    link->Finish(*synced);
+    const kvc::BlockWriterStats ws = link->writer().stats();
+    std::fprintf(stderr,
+                 "cache service (%s): prefix %lld of %zu prompt tokens loaded (%lld blocks per layer); write-through "
+                 "stored %llu blocks (%s), dropped %llu, rejected %llu%s%s\n",
+                 std::string(link->client().transport()).c_str(), static_cast<long long>(load.tokens), prompt.size(),
+                 static_cast<long long>(load.blocks), static_cast<unsigned long long>(ws.stored),
+                 Bytes(ws.stored_bytes).c_str(), static_cast<unsigned long long>(ws.dropped),
+                 static_cast<unsigned long long>(ws.rejected), synced->offloaded() ? "; full context kept in the service" : "",
+                 flushed.ok() ? "" : absl::StrCat("; not flushed: ", flushed.message()).c_str());
+  }
   std::printf("\n");
   return absl::OkStatus();
 }

@@ -14,20 +14,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "cachesvc/server/service.h"
+#include "cachesvc/wire_util.h"
 #include "common/logging.h"
 
 namespace kvc {
 namespace {
 
 namespace v1 = ::kvcache::v1;
-
-void AppendVarint(uint64_t v, std::string* out) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>(v | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<char>(v));
-}
 
 void ReleaseBlockRef(void* p) { delete static_cast<BlockPtr*>(p); }
 

@@ -29,6 +29,10 @@ ABSL_FLAG(std::string, config, "", "YAML settings file; flags given on the comma
 ABSL_FLAG(bool, check_config, false, "Validate the settings, print them, and exit (0 if valid)");
 ABSL_FLAG(std::string, listen_address, kDefaults.listen_address, "gRPC listen address host:port (port 0: any free port)");
 ABSL_FLAG(std::string, port_file, kDefaults.port_file, "Write the bound gRPC port to this file once serving");
+ABSL_FLAG(std::string, ucx_listen_address, kDefaults.ucx_listen_address, "UCX data-plane listen address host:port for bulk Put/Get (empty: UCX off; port 0: any free port)");
+ABSL_FLAG(std::string, ucx_port_file, kDefaults.ucx_port_file, "Write the bound UCX port to this file once serving");
+ABSL_FLAG(std::string, ucx_tls, kDefaults.ucx_tls, "UCX_TLS of the UCX listener's context, e.g. sm,tcp (empty: UCX picks)");
+ABSL_FLAG(std::string, ucx_net_devices, kDefaults.ucx_net_devices, "UCX_NET_DEVICES of the UCX listener's context (empty: all)");
 ABSL_FLAG(std::string, data_dir, kDefaults.data_dir, "Data directory; RocksDB lives in <data_dir>/rocksdb");
 ABSL_FLAG(std::string, host_capacity_bytes, "1GiB", "Host-memory tier byte budget (e.g. 512MiB, 8GiB)");
 ABSL_FLAG(uint32_t, host_shards, kDefaults.host_shards, "Host tier shards (power of two)");
@@ -85,6 +89,10 @@ absl::StatusOr<kvc::ServerOptions> LoadOptions() {
   if (Given(#name)) field = absl::GetFlag(FLAGS_##name)
   KVC_FLAG_OVERRIDE(listen_address, o.listen_address);
   KVC_FLAG_OVERRIDE(port_file, o.port_file);
+  KVC_FLAG_OVERRIDE(ucx_listen_address, o.ucx_listen_address);
+  KVC_FLAG_OVERRIDE(ucx_port_file, o.ucx_port_file);
+  KVC_FLAG_OVERRIDE(ucx_tls, o.ucx_tls);
+  KVC_FLAG_OVERRIDE(ucx_net_devices, o.ucx_net_devices);
   KVC_FLAG_OVERRIDE(data_dir, o.data_dir);
   KVC_FLAG_OVERRIDE(host_shards, o.host_shards);
   KVC_FLAG_OVERRIDE(metrics_address, o.metrics_address);

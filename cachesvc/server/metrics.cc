@@ -1,5 +1,6 @@
 #include "cachesvc/server/metrics.h"
 
+#include <prometheus/gauge.h>
 #include <prometheus/text_serializer.h>
 
 #include "absl/strings/str_cat.h"
@@ -114,6 +115,40 @@ ServiceMetrics::ServiceMetrics(const TieredStore* store)
                     .Register(*registry_);
   bytes_in_ = &bytes.Add({{"direction", "in"}});
   bytes_out_ = &bytes.Add({{"direction", "out"}});
+
+  ucx_requests_ = &prometheus::BuildCounter()
+                       .Name("kvcache_ucx_requests_total")
+                       .Help("Completed UCX data-plane requests by op and status code.")
+                       .Register(*registry_);
+  ucx_latency_ = &prometheus::BuildHistogram()
+                      .Name("kvcache_ucx_request_duration_seconds")
+                      .Help("UCX request latency from arrival of the request to the last reply sent, by op.")
+                      .Register(*registry_);
+  auto& ucx_bytes = prometheus::BuildCounter()
+                        .Name("kvcache_ucx_bytes_total")
+                        .Help("UCX active-message payload bytes received (in) and sent (out).")
+                        .Register(*registry_);
+  ucx_in_ = &ucx_bytes.Add({{"direction", "in"}});
+  ucx_out_ = &ucx_bytes.Add({{"direction", "out"}});
+  auto& ucx_errors = prometheus::BuildCounter()
+                         .Name("kvcache_ucx_errors_total")
+                         .Help("UCX data-plane failures: peer_error (endpoint failed, e.g. client died), "
+                               "bad_frame, recv_failed, send_failed.")
+                         .Register(*registry_);
+  const char* kinds[] = {"peer_error", "bad_frame", "recv_failed", "send_failed"};
+  for (int i = 0; i < static_cast<int>(UcxError::kCount); ++i) ucx_errors_[i] = &ucx_errors.Add({{"kind", kinds[i]}});
+  ucx_endpoints_ = &prometheus::BuildGauge()
+                        .Name("kvcache_ucx_endpoints")
+                        .Help("Connected UCX client endpoints.")
+                        .Register(*registry_)
+                        .Add({});
+}
+
+void ServiceMetrics::ObserveUcxRequest(const char* op, grpc::StatusCode code, absl::Duration latency) {
+  ucx_requests_->Add({{"op", op}, {"code", CodeName(code)}}).Increment();
+  static const prometheus::Histogram::BucketBoundaries kBuckets = {
+      25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1, 5};
+  ucx_latency_->Add({{"op", op}}, kBuckets).Observe(absl::ToDoubleSeconds(latency));
 }
 
 void ServiceMetrics::ObserveRequest(Method method, grpc::StatusCode code, absl::Duration latency) {

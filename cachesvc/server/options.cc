@@ -22,6 +22,14 @@ absl::Status ServerOptions::Validate() const {
   if (listen_address.empty() || listen_address.find(':') == std::string::npos) {
     return bad("listen_address", absl::StrCat("'", listen_address, "' is not host:port"));
   }
+  if (!ucx_listen_address.empty()) {
+    if (ucx_listen_address.find(':') == std::string::npos) {
+      return bad("ucx_listen_address", absl::StrCat("'", ucx_listen_address, "' is not host:port"));
+    }
+    if (ucx_listen_address == listen_address && !absl::EndsWith(listen_address, ":0")) {
+      return bad("ucx_listen_address", "must differ from listen_address");
+    }
+  }
   if (data_dir.empty()) return bad("data_dir", "must not be empty");
   if (host_capacity_bytes == 0) return bad("host_capacity_bytes", "must be > 0");
   if (host_shards == 0 || (host_shards & (host_shards - 1)) != 0 || host_shards > 1024) {
@@ -138,6 +146,10 @@ absl::Status ApplyNode(const YAML::Node& root, ServerOptions* o) {
   std::map<std::string, Setter> s = {
       {"listen_address", Str("listen_address", &o->listen_address)},
       {"port_file", Str("port_file", &o->port_file)},
+      {"ucx_listen_address", Str("ucx_listen_address", &o->ucx_listen_address)},
+      {"ucx_port_file", Str("ucx_port_file", &o->ucx_port_file)},
+      {"ucx_tls", Str("ucx_tls", &o->ucx_tls)},
+      {"ucx_net_devices", Str("ucx_net_devices", &o->ucx_net_devices)},
       {"data_dir", Str("data_dir", &o->data_dir)},
       {"host_capacity_bytes", Bytes("host_capacity_bytes", &o->host_capacity_bytes)},
       {"host_shards", Int("host_shards", &o->host_shards)},

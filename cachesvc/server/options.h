@@ -21,6 +21,18 @@ struct ServerOptions {
   std::string listen_address = "127.0.0.1:50051";
   // When non-empty, the bound gRPC port is written here once serving. Default "".
   std::string port_file;
+  // UCX (ucp) data-plane listen address, host:port, for bulk Put/Get
+  // (cachesvc/server/ucx_service.h); the host must be an IP address or name
+  // of a local interface. "" disables UCX (clients use gRPC). Port 0 picks a
+  // free port (see ucx_port_file and CacheServer::ucx_port). Default "".
+  std::string ucx_listen_address;
+  // When non-empty, the bound UCX port is written here once serving. Default "".
+  std::string ucx_port_file;
+  // UCX_TLS for the listener's UCX context, e.g. "sm,tcp"; "" lets UCX pick
+  // (every transport it finds). Clients restrict their own side. Default "".
+  std::string ucx_tls;
+  // UCX_NET_DEVICES for the listener's UCX context, e.g. "eth0"; "" = all. Default "".
+  std::string ucx_net_devices;
   // Data directory; RocksDB lives in <data_dir>/rocksdb. Default "./data/kvcache".
   std::string data_dir = "./data/kvcache";
 

@@ -27,13 +27,9 @@ bool AppendBytes(CodedInputStream* in, uint32_t len, std::string* out) {
   return true;
 }
 
-}  // namespace
-
-absl::StatusOr<RawPutRequest> ReadPutRequest(const grpc::ByteBuffer& raw, const Limits& limits) {
-  grpc::ByteBuffer copy(raw);  // shares the slices
-  grpc::ProtoBufferReader reader(&copy);
-  if (!reader.status().ok()) return absl::InvalidArgumentError("PutRequest buffer is unreadable");
-  CodedInputStream in(&reader);
+// The PutRequest parser both entry points share. `total` is the message's
+// length, so a declared block length is checked before it is reserved.
+absl::StatusOr<RawPutRequest> ParsePutRequest(CodedInputStream& in, size_t total, const Limits& limits) {
   in.SetTotalBytesLimit(INT32_MAX);
   RawPutRequest req;
   const auto bad = [] { return absl::InvalidArgumentError("PutRequest does not parse"); };
@@ -48,7 +44,7 @@ absl::StatusOr<RawPutRequest> ReadPutRequest(const grpc::ByteBuffer& raw, const 
         uint32_t len;
         if (!in.ReadVarint32(&len)) return bad();
         // Never trust a length before the bytes exist: reserve() below would.
-        if (len > raw.Length() - static_cast<size_t>(in.CurrentPosition())) return bad();
+        if (len > total - static_cast<size_t>(in.CurrentPosition())) return bad();
         std::string& wire = req.blocks.emplace_back();
         if (!AppendBytes(&in, len, &wire)) return bad();
         break;
@@ -65,6 +61,24 @@ absl::StatusOr<RawPutRequest> ReadPutRequest(const grpc::ByteBuffer& raw, const 
   }
   if (!in.ConsumedEntireMessage()) return bad();
   return req;
+}
+
+}  // namespace
+
+absl::StatusOr<RawPutRequest> ReadPutRequest(const grpc::ByteBuffer& raw, const Limits& limits) {
+  grpc::ByteBuffer copy(raw);  // shares the slices
+  grpc::ProtoBufferReader reader(&copy);
+  if (!reader.status().ok()) return absl::InvalidArgumentError("PutRequest buffer is unreadable");
+  CodedInputStream in(&reader);
+  return ParsePutRequest(in, raw.Length(), limits);
+}
+
+absl::StatusOr<RawPutRequest> ReadPutRequest(absl::string_view flat, const Limits& limits) {
+  if (flat.size() > static_cast<size_t>(INT32_MAX)) {
+    return absl::InvalidArgumentError(absl::StrCat("PutRequest of ", flat.size(), " bytes is over 2 GiB"));
+  }
+  CodedInputStream in(reinterpret_cast<const uint8_t*>(flat.data()), static_cast<int>(flat.size()));
+  return ParsePutRequest(in, flat.size(), limits);
 }
 
 }  // namespace kvc

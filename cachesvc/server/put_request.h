@@ -10,6 +10,7 @@
 #include <grpcpp/support/byte_buffer.h>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "cachesvc/limits.h"
 
 namespace kvc {
@@ -22,6 +23,9 @@ struct RawPutRequest {
 // INVALID_ARGUMENT when `raw` is not a well-formed PutRequest or has more
 // than limits.max_batch_blocks blocks (reading stops there).
 absl::StatusOr<RawPutRequest> ReadPutRequest(const grpc::ByteBuffer& raw, const Limits& limits);
+// The same from one flat buffer (the UCX listener's receive buffer): each
+// block's bytes are copied once out of `flat` into its own string.
+absl::StatusOr<RawPutRequest> ReadPutRequest(absl::string_view flat, const Limits& limits);
 
 }  // namespace kvc
 

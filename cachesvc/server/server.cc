@@ -131,16 +131,35 @@ absl::StatusOr<std::unique_ptr<CacheServer>> CacheServer::Start(const ServerOpti
     srv->metrics_port_ = ports.empty() ? 0 : ports[0];
   }
 
-  if (!options.port_file.empty()) {
-    const std::string tmp = options.port_file + ".tmp";
+  if (!options.ucx_listen_address.empty()) {
+    UcxServiceOptions uo;
+    uo.listen_address = options.ucx_listen_address;
+    uo.ucx.tls = options.ucx_tls;
+    uo.ucx.net_devices = options.ucx_net_devices;
+    // A restarted service binds its port again, TIME_WAIT or not.
+    uo.ucx.reuse_address = true;
+    absl::StatusOr<std::unique_ptr<UcxService>> ucx = UcxService::Start(uo, srv->service_.get());
+    if (!ucx.ok()) {
+      srv->Shutdown();
+      return absl::Status(ucx.status().code(),
+                          absl::StrCat("cannot start the UCX listener: ", ucx.status().message()));
+    }
+    srv->ucx_ = *std::move(ucx);
+    srv->ucx_port_ = srv->ucx_->port();
+  }
+
+  for (auto [file, port, what] : {std::tuple{&options.port_file, srv->port_, "port_file"},
+                                  std::tuple{&options.ucx_port_file, srv->ucx_port_, "ucx_port_file"}}) {
+    if (file->empty()) continue;
+    const std::string tmp = *file + ".tmp";
     {
       std::ofstream out(tmp);
-      out << srv->port_ << "\n";
+      out << port << "\n";
     }
-    std::filesystem::rename(tmp, options.port_file, ec);
+    std::filesystem::rename(tmp, *file, ec);
     if (ec) {
       srv->Shutdown();
-      return absl::FailedPreconditionError(absl::StrCat("cannot write port_file '", options.port_file, "'"));
+      return absl::FailedPreconditionError(absl::StrCat("cannot write ", what, " '", *file, "'"));
     }
   }
   if (auth_enabled && options.auth_reload_interval > absl::ZeroDuration()) {
@@ -149,6 +168,7 @@ absl::StatusOr<std::unique_ptr<CacheServer>> CacheServer::Start(const ServerOpti
   }
   KVC_LOG(kInfo, "server_started")
       .With("port", srv->port_)
+      .With("ucx_port", srv->ucx_port_)
       .With("metrics_port", srv->metrics_port_)
       .With("tls", !options.tls_cert_file.empty())
       .With("auth", auth_enabled)
@@ -205,6 +225,9 @@ void CacheServer::Shutdown() {
     }
     server_->Shutdown(std::chrono::system_clock::now());
   }
+  // UCX: in-flight requests have drained (they count in in_flight); close the
+  // listener and endpoints before the executor stops (its tasks post replies).
+  if (ucx_) ucx_->Stop(absl::Seconds(1));
   KVC_LOG(kDebug, "shutdown_step").With("step", "grpc_stopped").With("ms", absl::ToInt64Milliseconds(absl::Now() - start));
   if (executor_) executor_->Shutdown();
   if (server_) server_->Wait();
@@ -214,6 +237,7 @@ void CacheServer::Shutdown() {
     if (!s.ok()) KVC_LOG(kError, "flush_failed").With("error", s.ToString());
   }
   server_.reset();
+  ucx_.reset();
   service_.reset();
   executor_.reset();
   store_.reset();

@@ -14,6 +14,7 @@
 #include "cachesvc/server/metrics.h"
 #include "cachesvc/server/options.h"
 #include "cachesvc/server/service.h"
+#include "cachesvc/server/ucx_service.h"
 #include "cachesvc/tiered_store.h"
 #include "common/executor.h"
 
@@ -35,6 +36,8 @@ class CacheServer {
   ~CacheServer();
 
   int port() const { return port_; }
+  // The UCX data-plane port; 0 when options.ucx_listen_address is empty.
+  int ucx_port() const { return ucx_port_; }
   // 0 when metrics are disabled.
   int metrics_port() const { return metrics_port_; }
   TieredStore* store() const { return store_.get(); }
@@ -61,6 +64,8 @@ class CacheServer {
   std::unique_ptr<BoundedExecutor> executor_;
   std::unique_ptr<CacheService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<UcxService> ucx_;  // after service_ and executor_: it uses both
+  int ucx_port_ = 0;
   std::unique_ptr<prometheus::Exposer> exposer_;
   void WatchTokensFile();
 

@@ -32,6 +32,10 @@ absl::StatusOr<Caller> CacheService::Authenticate(grpc::CallbackServerContext* c
   if (auto it = md.find("authorization"); it != md.end()) {
     auth = absl::string_view(it->second.data(), it->second.size());
   }
+  return AuthenticateAuthorization(auth);
+}
+
+absl::StatusOr<Caller> CacheService::AuthenticateAuthorization(absl::string_view auth) const {
   // Hold the registry for the lookup; the caller keeps a copy of the name.
   std::shared_ptr<const TenantRegistry> registry = tenants_->Current();
   KVC_ASSIGN_OR_RETURN(const Tenant* t, registry->Authenticate(auth));
@@ -111,6 +115,16 @@ grpc::ServerUnaryReactor* CacheService::Put(grpc::CallbackServerContext* ctx, co
 
 absl::Status CacheService::DoPut(const Caller& caller, const grpc::ByteBuffer& raw, grpc::ByteBuffer* resp) {
   KVC_ASSIGN_OR_RETURN(RawPutRequest req, ReadPutRequest(raw, limits_));
+  const bool write_through = req.write_through;
+  KVC_ASSIGN_OR_RETURN(uint32_t stored, StoreBlocks(caller, std::move(req)));
+  v1::PutResponse out;
+  out.set_stored(stored);
+  out.set_durable(write_through);
+  bool own = false;
+  return FromGrpcStatus(grpc::SerializationTraits<v1::PutResponse>::Serialize(out, resp, &own));
+}
+
+absl::StatusOr<uint32_t> CacheService::StoreBlocks(const Caller& caller, RawPutRequest req) {
   KVC_RETURN_IF_ERROR(CheckBatch(req.blocks.size(), "Put blocks"));
   std::vector<BlockPtr> blocks;
   blocks.reserve(req.blocks.size());
@@ -143,11 +157,7 @@ absl::Status CacheService::DoPut(const Caller& caller, const grpc::ByteBuffer& r
     }
   }
   metrics_->CountPut(blocks.size(), payload);
-  v1::PutResponse out;
-  out.set_stored(static_cast<uint32_t>(blocks.size()));
-  out.set_durable(req.write_through);
-  bool own = false;
-  return FromGrpcStatus(grpc::SerializationTraits<v1::PutResponse>::Serialize(out, resp, &own));
+  return static_cast<uint32_t>(blocks.size());
 }
 
 // --- Lookup -----------------------------------------------------------------

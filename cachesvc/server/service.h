@@ -21,6 +21,7 @@
 #include "cachesvc/limits.h"
 #include "cachesvc/server/auth.h"
 #include "cachesvc/server/metrics.h"
+#include "cachesvc/server/put_request.h"
 #include "cachesvc/tiered_store.h"
 #include "common/clock.h"
 #include "common/executor.h"
@@ -66,6 +67,13 @@ class CacheService final
 
   // Used by the Get stream (get_reactor.cc).
   absl::StatusOr<Caller> Authenticate(grpc::CallbackServerContext* ctx) const;
+  // The same from the value of an "authorization" header ("Bearer <token>"),
+  // for transports other than gRPC (the UCX listener's HELLO).
+  absl::StatusOr<Caller> AuthenticateAuthorization(absl::string_view authorization) const;
+  // Validates a whole Put batch (block contract, the caller's tenant, quota)
+  // and stores it; returns the number of blocks stored. Shared by gRPC Put
+  // and the UCX listener. May touch disk: never on a reactor/progress thread.
+  absl::StatusOr<uint32_t> StoreBlocks(const Caller& caller, RawPutRequest req);
   // OK when the caller may use `key` (tenant matches) and its strings are
   // within limits. `what` names the key in messages, e.g. "keys[3]".
   absl::Status CheckKey(const Caller& caller, const kvcache::v1::BlockKey& key,

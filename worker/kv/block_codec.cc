@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cachesvc/cached_block.h"
+#include "cachesvc/wire_util.h"
 #include "kernels/dtype.h"
 #include "kvcache/v1/cache.pb.h"
 
@@ -11,14 +12,6 @@ namespace kvc {
 namespace {
 
 namespace v1 = ::kvcache::v1;
-
-void AppendVarint(uint64_t v, std::string* out) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>(v | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<char>(v));
-}
 
 // Converts n fp32 values into `dtype` at `dst`.
 void StoreAs(int dtype, const float* src, int64_t n, char* dst) {

@@ -1,0 +1,475 @@
+// The BlockClient interface over every transport against a real cache
+// service: gRPC, UCX over shared memory, UCX over TCP on loopback. Plus the
+// failure cases only UCX has: a client killed mid-Put (the server keeps
+// serving others) and a server killed mid-Get (the client returns an error
+// within its timeout).
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "tests/kvcached_child.h"
+#include "tests/server_fixture.h"
+#include "tests/temp_dir.h"
+#include "tests/test_blocks.h"
+#include "worker/kv/block_client_factory.h"
+#include "worker/kv/grpc_block_client.h"
+#include "worker/kv/ucx_block_client.h"
+
+namespace kvc {
+namespace {
+
+namespace v1 = ::kvcache::v1;
+using ::testing::AnyOf;
+using ::testing::HasSubstr;
+
+// --- child-process roles ------------------------------------------------------
+// The test binary re-executes itself with KVC_UCX_CHILD=put to play a client
+// that is SIGKILLed mid-transfer (a fork of a process with UCX threads must
+// not use UCX: exec gives the child a clean one).
+
+[[noreturn]] void RunPutChild() {
+  UcxBlockClientOptions o;
+  o.address = std::getenv("KVC_UCX_CHILD_ADDR");
+  o.token = testing::kTokenA;
+  o.ucx.tls = std::getenv("KVC_UCX_CHILD_TLS");
+  o.ucx.net_devices = std::getenv("KVC_UCX_CHILD_DEV");
+  o.grpc.address = o.address;  // unused by Put
+  o.timeout = absl::Seconds(20);
+  auto c = UcxBlockClient::Create(o);
+  if (!c.ok()) {
+    fprintf(stderr, "child: %s\n", c.status().ToString().c_str());
+    _exit(3);
+  }
+  std::vector<std::string> wire;
+  std::vector<absl::string_view> views;
+  for (int i = 0; i < 8; ++i) wire.push_back(testing::MakeBlockProto(testing::SpecOfSize(2 << 20, 9000 + i, "a")).SerializeAsString());
+  for (const auto& w : wire) views.push_back(w);
+  bool marked = false;
+  while (true) {
+    absl::Status s = (*c)->Put(views, false);
+    if (!s.ok()) _exit(4);
+    if (!marked) {
+      std::ofstream(std::getenv("KVC_UCX_CHILD_MARK")) << "1";
+      marked = true;
+    }
+  }
+}
+
+const int kChildHook = [] {
+  if (const char* role = std::getenv("KVC_UCX_CHILD"); role != nullptr && std::string(role) == "put") RunPutChild();
+  return 0;
+}();
+
+// --- the parameterised suite ----------------------------------------------------
+
+struct TransportParam {
+  const char* name;
+  const char* transport;  // "grpc" or "ucx"
+  const char* tls;
+  const char* net_devices;
+};
+
+void PrintTo(const TransportParam& p, std::ostream* os) { *os << p.name; }
+
+std::vector<absl::string_view> Views(const std::vector<std::string>& wire) {
+  return std::vector<absl::string_view>(wire.begin(), wire.end());
+}
+
+class TransportTest : public ::testing::TestWithParam<TransportParam> {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    ServerOptions o = testing::TestServerOptions(dir_->path());
+    o.host_capacity_bytes = 32ull << 20;
+    o.ucx_listen_address = "127.0.0.1:0";
+    auto s = CacheServer::Start(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = s->release();
+    ASSERT_GT(server_->ucx_port(), 0);
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    delete dir_;
+  }
+
+  static BlockClientOptions Options(const TransportParam& p, const std::string& token) {
+    BlockClientOptions o;
+    o.transport = p.transport;
+    o.grpc.address = absl::StrCat("127.0.0.1:", server_->port());
+    o.grpc.token = token;
+    o.grpc.timeout = absl::Seconds(20);
+    o.ucx.address = absl::StrCat("127.0.0.1:", server_->ucx_port());
+    o.ucx.ucx.tls = p.tls;
+    o.ucx.ucx.net_devices = p.net_devices;
+    o.ucx.timeout = absl::Seconds(20);
+    return o;
+  }
+
+  std::unique_ptr<BlockClient> Client(const std::string& token = testing::kTokenA) {
+    auto c = MakeBlockClient(Options(GetParam(), token));
+    EXPECT_TRUE(c.ok()) << c.status();
+    if (!c.ok()) return nullptr;
+    EXPECT_EQ((*c)->transport(), GetParam().transport);
+    return *std::move(c);
+  }
+
+  // Blocks of tenant "a" with seeds [first, first + n).
+  static std::vector<v1::Block> Blocks(uint64_t first, int n, uint64_t kv_bytes) {
+    std::vector<v1::Block> out;
+    for (int i = 0; i < n; ++i) out.push_back(testing::MakeBlockProto(testing::SpecOfSize(kv_bytes, first + i, "a")));
+    return out;
+  }
+  static std::vector<std::string> Wire(const std::vector<v1::Block>& blocks) {
+    std::vector<std::string> out;
+    for (const auto& b : blocks) out.push_back(b.SerializeAsString());
+    return out;
+  }
+  static std::vector<BlockKey> Keys(const std::vector<v1::Block>& blocks) {
+    std::vector<BlockKey> out;
+    for (const auto& b : blocks) out.push_back(BlockKey::FromProto(b.key()));
+    return out;
+  }
+  // Puts `blocks`, gets them back in one call, and counts the intact ones.
+  static int RoundTrip(BlockClient& c, const std::vector<v1::Block>& blocks) {
+    const std::vector<std::string> wire = Wire(blocks);
+    const std::vector<absl::string_view> views = Views(wire);
+    absl::Status s = c.Put(views, false);
+    EXPECT_TRUE(s.ok()) << s;
+    int intact = 0;
+    const std::vector<BlockKey> keys = Keys(blocks);
+    uint32_t expect_index = 0;
+    s = c.Get(keys, [&](GotBlock& g) {
+      EXPECT_EQ(g.index, expect_index++);
+      EXPECT_TRUE(g.status.ok()) << g.status;
+      if (!g.status.ok()) return;
+      const v1::Block& want = blocks[g.index];
+      EXPECT_NE(g.tier, BlockTier::kNone);
+      if (g.block.k == want.k() && g.block.v == want.v() && g.block.key == keys[g.index] &&
+          g.block.checksum == want.checksum()) {
+        ++intact;
+      }
+    });
+    EXPECT_TRUE(s.ok()) << s;
+    return intact;
+  }
+
+  static testing::TempDir* dir_;
+  static CacheServer* server_;
+};
+
+testing::TempDir* TransportTest::dir_ = nullptr;
+CacheServer* TransportTest::server_ = nullptr;
+
+TEST_P(TransportTest, PutThenGetRoundTrip) {
+  auto c = Client();
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(RoundTrip(*c, Blocks(100, 4, 16 << 10)), 4);
+}
+
+TEST_P(TransportTest, MissIsPerBlockNotFoundNotACallError) {
+  auto c = Client();
+  ASSERT_NE(c, nullptr);
+  const auto blocks = Blocks(200, 1, 8 << 10);
+  const auto wire = Wire(blocks);
+  ASSERT_TRUE(c->Put(Views(wire), false).ok());
+  std::vector<BlockKey> keys = {Keys(blocks)[0], testing::MakeKey(testing::SpecOfSize(8 << 10, 999999, "a"))};
+  std::vector<absl::StatusCode> codes;
+  absl::Status s = c->Get(keys, [&](GotBlock& g) { codes.push_back(g.status.code()); });
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_THAT(codes, ::testing::ElementsAre(absl::StatusCode::kOk, absl::StatusCode::kNotFound));
+}
+
+TEST_P(TransportTest, LargeBlocksOf2MiB) {
+  auto c = Client();
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(RoundTrip(*c, Blocks(300, 3, 2 << 20)), 3);
+}
+
+TEST_P(TransportTest, BatchesLargerThanTheHostTierComeBackFromDisk) {
+  auto c = Client();
+  ASSERT_NE(c, nullptr);
+  // 48 x 1 MiB against a 32 MiB host tier: part of the Get reads RocksDB (executor path).
+  const auto blocks = Blocks(400, 48, 1 << 20);
+  const auto wire = Wire(blocks);
+  for (size_t i = 0; i < blocks.size(); i += 16) {
+    std::vector<absl::string_view> batch(wire.begin() + i, wire.begin() + i + 16);
+    ASSERT_TRUE(c->Put(batch, false).ok());
+  }
+  int intact = 0, from_disk = 0;
+  const auto keys = Keys(blocks);
+  absl::Status s = c->Get(keys, [&](GotBlock& g) {
+    ASSERT_TRUE(g.status.ok()) << g.status;
+    from_disk += g.tier == BlockTier::kDisk;
+    intact += g.block.k == blocks[g.index].k() && g.block.v == blocks[g.index].v();
+  });
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(intact, 48);
+  EXPECT_GT(from_disk, 0);
+}
+
+TEST_P(TransportTest, ConcurrentClientsAndConcurrentCallsOnOneClient) {
+  auto shared = Client();
+  ASSERT_NE(shared, nullptr);
+  std::vector<std::thread> threads;
+  std::atomic<int> intact{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::unique_ptr<BlockClient> own = t % 2 == 0 ? Client() : nullptr;
+      BlockClient& c = own ? *own : *shared;
+      for (int round = 0; round < 3; ++round) {
+        intact += RoundTrip(c, Blocks(1000 + 100 * t + 10 * round, 4, 256 << 10));
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(intact.load(), 4 * 3 * 4);
+}
+
+TEST_P(TransportTest, UnknownTokenIsUnauthenticated) {
+  auto c = MakeBlockClient(Options(GetParam(), "not-a-known-token-0123456789"));
+  if (!c.ok()) {  // UCX refuses at HELLO
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kUnauthenticated) << c.status();
+    return;
+  }
+  const auto wire = Wire(Blocks(500, 1, 4 << 10));
+  EXPECT_EQ((*c)->Put(Views(wire), false).code(), absl::StatusCode::kUnauthenticated);
+}
+
+TEST_P(TransportTest, AnotherTenantsBlocksArePermissionDenied) {
+  auto c = Client(testing::kTokenA);
+  ASSERT_NE(c, nullptr);
+  const auto b = testing::MakeBlockProto(testing::SpecOfSize(4 << 10, 600, "b"));
+  const std::vector<std::string> wire = {b.SerializeAsString()};
+  absl::Status put = c->Put(Views(wire), false);
+  EXPECT_EQ(put.code(), absl::StatusCode::kPermissionDenied) << put;
+  EXPECT_THAT(std::string(put.message()), HasSubstr("tenant 'b'"));
+  const std::vector<BlockKey> keys = {BlockKey::FromProto(b.key())};
+  absl::Status get = c->Get(keys, [](GotBlock&) {});
+  EXPECT_EQ(get.code(), absl::StatusCode::kPermissionDenied) << get;
+}
+
+TEST_P(TransportTest, BadInputGetsAClearErrorAndTheClientStaysUsable) {
+  auto c = Client();
+  ASSERT_NE(c, nullptr);
+  const std::vector<std::string> garbage = {"this is not a serialized block"};
+  absl::Status s = c->Put(Views(garbage), false);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+
+  v1::Block bad = testing::MakeBlockProto(testing::SpecOfSize(4 << 10, 700, "a"));
+  bad.set_checksum(bad.checksum() ^ 1);
+  const std::vector<std::string> bad_sum = {bad.SerializeAsString()};
+  s = c->Put(Views(bad_sum), false);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("blocks[0]"));
+
+  s = c->Put({}, false);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("empty"));
+
+  s = c->Get({}, [](GotBlock&) {});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+
+  std::vector<BlockKey> too_many(257, testing::MakeKey(testing::SpecOfSize(4 << 10, 701, "a")));
+  s = c->Get(too_many, [](GotBlock&) {});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("max_batch_blocks"));
+
+  EXPECT_EQ(RoundTrip(*c, Blocks(710, 2, 4 << 10)), 2) << "the client is still usable";
+}
+
+TEST_P(TransportTest, LookupAndHealthGoOverGrpc) {
+  auto c = Client();
+  ASSERT_NE(c, nullptr);
+  const auto blocks = Blocks(800, 1, 4 << 10);
+  const auto wire = Wire(blocks);
+  ASSERT_TRUE(c->Put(Views(wire), false).ok());
+  const BlockKey k = Keys(blocks)[0];
+  const uint32_t layers[] = {k.layer};
+  const Hash128 hashes[] = {k.hash};
+  auto n = c->Lookup("a", k.model, layers, hashes);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 1u);
+  auto h = c->Healthy();
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_TRUE(*h);
+}
+
+TEST_P(TransportTest, UcxRequestsAreCountedInMetrics) {
+  if (std::string(GetParam().transport) != "ucx") GTEST_SKIP() << "UCX metrics only";
+  auto c = Client();
+  ASSERT_NE(c, nullptr);
+  ASSERT_EQ(RoundTrip(*c, Blocks(900, 1, 4 << 10)), 1);
+  const std::string text = server_->metrics()->RenderText();
+  EXPECT_THAT(text, HasSubstr("kvcache_ucx_requests_total{code=\"OK\",op=\"put\"}"));
+  EXPECT_THAT(text, HasSubstr("kvcache_ucx_requests_total{code=\"OK\",op=\"get\"}"));
+  EXPECT_THAT(text, HasSubstr("kvcache_ucx_bytes_total{direction=\"in\"}"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, TransportTest,
+                         ::testing::Values(TransportParam{"grpc", "grpc", "", ""},
+                                           TransportParam{"ucx_sm", "ucx", "sm,tcp", "lo"},
+                                           TransportParam{"ucx_tcp", "ucx", "tcp", "lo"}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// --- factory ------------------------------------------------------------------
+
+TEST(BlockClientFactoryTest, AutoFallsBackToGrpcWhenUcxIsUnreachable) {
+  testing::TempDir dir;
+  ServerOptions o = testing::TestServerOptions(dir.path());  // UCX off
+  auto server = CacheServer::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ((*server)->ucx_port(), 0);
+  BlockClientOptions bo;
+  bo.grpc.address = absl::StrCat("127.0.0.1:", (*server)->port());
+  bo.grpc.token = testing::kTokenA;
+  bo.ucx.address = "127.0.0.1:1";  // nothing listens there
+  bo.ucx.ucx.tls = "tcp";
+  bo.ucx.ucx.net_devices = "lo";
+  bo.ucx.timeout = absl::Seconds(5);
+  const absl::Time start = absl::Now();
+  auto c = MakeBlockClient(bo);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->transport(), "grpc");
+  bo.transport = "ucx";
+  auto u = MakeBlockClient(bo);
+  EXPECT_FALSE(u.ok());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(12));
+  bo.transport = "carrier-pigeon";
+  EXPECT_EQ(MakeBlockClient(bo).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// --- peers that die -------------------------------------------------------------
+
+class KilledPeerTest : public ::testing::TestWithParam<TransportParam> {};
+
+TEST_P(KilledPeerTest, ClientKilledMidPutLeavesTheServerServingOthers) {
+  testing::TempDir dir;
+  ServerOptions o = testing::TestServerOptions(dir.path());
+  o.host_capacity_bytes = 64ull << 20;
+  o.ucx_listen_address = "127.0.0.1:0";
+  auto server = CacheServer::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string addr = absl::StrCat("127.0.0.1:", (*server)->ucx_port());
+  const std::string mark = dir.path() + "/child_mark";
+
+  pid_t pid = fork();
+  if (pid == 0) {
+    setenv("KVC_UCX_CHILD", "put", 1);
+    setenv("KVC_UCX_CHILD_ADDR", addr.c_str(), 1);
+    setenv("KVC_UCX_CHILD_TLS", GetParam().tls, 1);
+    setenv("KVC_UCX_CHILD_DEV", GetParam().net_devices, 1);
+    setenv("KVC_UCX_CHILD_MARK", mark.c_str(), 1);
+    execl("/proc/self/exe", "ucx_transport_test_child", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait until the child has finished one Put and is streaming the next.
+  for (int i = 0; i < 500 && !std::filesystem::exists(mark); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(std::filesystem::exists(mark)) << "the child never completed a Put";
+  std::this_thread::sleep_for(std::chrono::milliseconds(15));
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "child exited on its own with " << status;
+
+  // Another client is served normally, on the same transport.
+  UcxBlockClientOptions co;
+  co.address = addr;
+  co.token = testing::kTokenA;
+  co.ucx.tls = GetParam().tls;
+  co.ucx.net_devices = GetParam().net_devices;
+  co.grpc.address = absl::StrCat("127.0.0.1:", (*server)->port());
+  co.timeout = absl::Seconds(10);
+  auto c = UcxBlockClient::Create(co);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::vector<v1::Block> blocks;
+  for (int i = 0; i < 4; ++i) blocks.push_back(testing::MakeBlockProto(testing::SpecOfSize(2 << 20, 5000 + i, "a")));
+  std::vector<std::string> wire;
+  for (const auto& b : blocks) wire.push_back(b.SerializeAsString());
+  ASSERT_TRUE((*c)->Put(Views(wire), false).ok());
+  std::vector<BlockKey> keys;
+  for (const auto& b : blocks) keys.push_back(BlockKey::FromProto(b.key()));
+  int intact = 0;
+  ASSERT_TRUE((*c)->Get(keys, [&](GotBlock& g) {
+                   intact += g.status.ok() && g.block.k == blocks[g.index].k() && g.block.v == blocks[g.index].v();
+                 }).ok());
+  EXPECT_EQ(intact, 4);
+  // The server shuts down cleanly afterwards (no in-flight call leaked by the dead peer).
+  const absl::Time t0 = absl::Now();
+  (*server)->Shutdown();
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(5));
+}
+
+TEST_P(KilledPeerTest, ServerKilledMidGetFailsTheCallWithinTheTimeout) {
+  testing::TempDir dir;
+  testing::KvcachedChildOptions ko;
+  ko.ucx = true;
+  ko.host_capacity = "256MiB";
+  testing::KvcachedChild child(dir.path(), ko);
+  ASSERT_GT(child.ucx_port(), 0) << "kvcached did not start with UCX";
+  UcxBlockClientOptions co;
+  co.address = absl::StrCat("127.0.0.1:", child.ucx_port());
+  co.token = testing::kTokenA;
+  co.ucx.tls = GetParam().tls;
+  co.ucx.net_devices = GetParam().net_devices;
+  co.grpc.address = absl::StrCat("127.0.0.1:", child.port());
+  co.timeout = absl::Seconds(5);
+  auto c = UcxBlockClient::Create(co);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::vector<std::string> wire;
+  std::vector<BlockKey> keys;
+  for (int i = 0; i < 32; ++i) {
+    v1::Block b = testing::MakeBlockProto(testing::SpecOfSize(2 << 20, 7000 + i, "a"));
+    keys.push_back(BlockKey::FromProto(b.key()));
+    wire.push_back(b.SerializeAsString());
+  }
+  for (int i = 0; i < 32; i += 8) {
+    std::vector<absl::string_view> batch(wire.begin() + i, wire.begin() + i + 8);
+    ASSERT_TRUE((*c)->Put(batch, false).ok());
+  }
+  // Gets of 64 MiB back to back; the server dies under one of them.
+  std::atomic<bool> started{false};
+  absl::Status last;
+  absl::Duration failing_call;
+  std::thread reader([&] {
+    for (int i = 0; i < 1000; ++i) {
+      const absl::Time t0 = absl::Now();
+      started = true;
+      last = (*c)->Get(keys, [](GotBlock&) {});
+      failing_call = absl::Now() - t0;
+      if (!last.ok()) return;
+    }
+  });
+  while (!started) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  const absl::Time killed = absl::Now();
+  child.Kill(SIGKILL);
+  reader.join();
+  EXPECT_FALSE(last.ok());
+  EXPECT_THAT(last.code(), AnyOf(absl::StatusCode::kUnavailable, absl::StatusCode::kDeadlineExceeded)) << last;
+  EXPECT_LT(absl::Now() - killed, absl::Seconds(7)) << "the client did not give up within its timeout";
+  EXPECT_LT(failing_call, absl::Seconds(7));
+  // Later calls fail at once, naming the lost connection.
+  const absl::Time t1 = absl::Now();
+  absl::Status again = (*c)->Get(keys, [](GotBlock&) {});
+  EXPECT_FALSE(again.ok());
+  EXPECT_LT(absl::Now() - t1, absl::Seconds(6));
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, KilledPeerTest,
+                         ::testing::Values(TransportParam{"ucx_sm", "ucx", "sm,tcp", "lo"},
+                                           TransportParam{"ucx_tcp", "ucx", "tcp", "lo"}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace kvc

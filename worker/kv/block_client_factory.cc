@@ -1,0 +1,40 @@
+#include "worker/kv/block_client_factory.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "worker/kv/grpc_block_client.h"
+
+namespace kvc {
+
+absl::StatusOr<std::unique_ptr<BlockClient>> MakeBlockClient(const BlockClientOptions& options) {
+  const std::string& t = options.transport;
+  if (t != "auto" && t != "ucx" && t != "grpc") {
+    return absl::InvalidArgumentError(absl::StrCat("block client transport '", t, "' is not ucx|grpc|auto"));
+  }
+  if (t != "grpc") {
+    if (options.ucx.address.empty()) {
+      if (t == "ucx") return absl::InvalidArgumentError("transport 'ucx' needs a UCX address (ucx.address)");
+      KVC_LOG(kWarning, "block_client_fallback").With("transport", "grpc").With("reason", "UCX is disabled (no UCX address)");
+    } else {
+      UcxBlockClientOptions uo = options.ucx;
+      if (uo.token.empty()) uo.token = options.grpc.token;
+      uo.grpc = options.grpc;
+      absl::StatusOr<std::unique_ptr<UcxBlockClient>> ucx = UcxBlockClient::Create(uo);
+      if (ucx.ok()) return std::unique_ptr<BlockClient>(*std::move(ucx));
+      // Refusals that gRPC would give too (a bad token) are not a reason to fall back.
+      if (t == "ucx" || ucx.status().code() == absl::StatusCode::kUnauthenticated ||
+          ucx.status().code() == absl::StatusCode::kPermissionDenied) {
+        return ucx.status();
+      }
+      KVC_LOG(kWarning, "block_client_fallback")
+          .With("transport", "grpc")
+          .With("ucx_address", uo.address)
+          .With("reason", ucx.status().ToString());
+    }
+  }
+  absl::StatusOr<std::unique_ptr<GrpcBlockClient>> g = GrpcBlockClient::Create(options.grpc);
+  if (!g.ok()) return g.status();
+  return std::unique_ptr<BlockClient>(*std::move(g));
+}
+
+}  // namespace kvc

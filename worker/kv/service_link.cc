@@ -1,0 +1,69 @@
+#include "worker/kv/service_link.h"
+
+#include <prometheus/exposer.h>
+#include <prometheus/registry.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "worker/cache/refresh_kv.h"
+
+namespace kvc {
+
+absl::StatusOr<std::unique_ptr<ServiceLink>> ServiceLink::Start(const ServiceLinkOptions& options) {
+  KVC_RETURN_IF_ERROR(options.sync.Validate());
+  KVC_RETURN_IF_ERROR(options.writer.Validate());
+  if (options.client.grpc.address.empty()) {
+    return absl::InvalidArgumentError("cache service: the gRPC address is empty");
+  }
+  std::unique_ptr<ServiceLink> link(new ServiceLink(options));
+  const BlockClientOptions client_options = options.client;
+  link->client_ = std::make_unique<ResilientBlockClient>([client_options] { return MakeBlockClient(client_options); },
+                                                         options.reconnect);
+  link->writer_ = std::make_unique<BlockWriter>(link->client_.get(), options.writer);
+  link->metrics_ = std::make_shared<KvMetrics>(link->writer_.get());
+  if (!options.metrics_address.empty()) {
+    try {
+      link->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_address, 1);
+    } catch (const std::exception& e) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot serve metrics on ", options.metrics_address, ": ", e.what()));
+    }
+    link->exposer_->RegisterCollectable(link->metrics_);
+    const std::vector<int> ports = link->exposer_->GetListeningPorts();
+    link->metrics_port_ = ports.empty() ? 0 : ports.front();
+  }
+  return link;
+}
+
+ServiceLink::ServiceLink(const ServiceLinkOptions& options) : options_(options) {}
+
+ServiceLink::~ServiceLink() = default;
+
+absl::StatusOr<std::unique_ptr<WriteThroughCache>> ServiceLink::Attach(const model::ModelConfig& config,
+                                                                       std::unique_ptr<cache::CachePolicy> policy) {
+  return WriteThroughCache::Create(config, std::move(policy), writer_.get(), options_.sync, client_.get());
+}
+
+absl::StatusOr<PrefixLoad> ServiceLink::LoadPrefix(const model::ModelConfig& config, std::span<const int32_t> prompt,
+                                                   WriteThroughCache& seq, int64_t align) {
+  PrefixLoad load;
+  if (options_.prefix_reuse) {
+    KVC_ASSIGN_OR_RETURN(load, LoadCachedPrefix(*client_, options_.sync, config, prompt, seq.inner(), align));
+  }
+  metrics_->CountPrefixLookup(load.tokens);
+  if (load.tokens > 0) {
+    KVC_RETURN_IF_ERROR(seq.SkipStoredPrefix(load.tokens));
+    seq.AppendTokens(prompt.first(static_cast<size_t>(load.tokens)));
+  }
+  return load;
+}
+
+void ServiceLink::Finish(WriteThroughCache& seq) {
+  if (auto* r = dynamic_cast<cache::RefreshKv*>(&seq.inner())) {
+    metrics_->CountRefreshes(r->rehydrated_tokens(), r->refreshes_skipped());
+  }
+}
+
+}  // namespace kvc
