@@ -30,6 +30,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_kvcached.h"
 #include "bench/child_process.h"
 #include "bench/redis_util.h"
 #include "common/allocator.h"
@@ -59,60 +60,6 @@ namespace v1 = ::kvcache::v1;
 using Clock = std::chrono::steady_clock;
 constexpr uint64_t kBytesPerToken = 2 * 8 * 128 * 2;  // k,v x 8 heads x 128 dims x fp16
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-struct TransportSpec {
-  std::string name;       // ucx_sm | ucx_tcp | grpc
-  std::string transport;  // ucx | grpc
-  std::string tls, net_devices;
-};
-
-TransportSpec SpecFor(const std::string& name) {
-  if (name == "ucx_sm") return {name, "ucx", "sm,tcp", "lo"};  // tcp on lo only bootstraps (see ucx_block_client.h)
-  if (name == "ucx_tcp") return {name, "ucx", "tcp", "lo"};
-  return {name, "grpc", "", ""};
-}
-
-// kvcached with gRPC and UCX on free ports.
-class Kvcached {
- public:
-  static absl::StatusOr<std::unique_ptr<Kvcached>> Start(const std::string& binary, const std::string& tmp) {
-    auto k = std::unique_ptr<Kvcached>(new Kvcached);
-    std::string dir = tmp + "/transport_bench_XXXXXX";
-    if (mkdtemp(dir.data()) == nullptr) return absl::InternalError("mkdtemp " + dir);
-    k->dir_ = dir;
-    std::vector<std::string> argv = {binary, "--listen_address=127.0.0.1:0", "--port_file=" + dir + "/port",
-                                     "--ucx_listen_address=127.0.0.1:0", "--ucx_port_file=" + dir + "/ucx_port",
-                                     "--data_dir=" + dir + "/data", "--metrics_address=",
-                                     "--host_capacity_bytes=2GiB", "--flush_host_on_shutdown=false",
-                                     "--log_level=warning"};
-    k->cmd_ = absl::StrJoin(argv, " ");
-    KVC_ASSIGN_OR_RETURN(k->proc_, ChildProcess::Start(argv, dir + "/kvcached.log"));
-    const auto t0 = Clock::now();
-    while (k->port_ == 0 || k->ucx_port_ == 0) {
-      std::ifstream p(dir + "/port"), u(dir + "/ucx_port");
-      if (p >> k->port_ && u >> k->ucx_port_) break;
-      k->port_ = k->ucx_port_ = 0;
-      if (!k->proc_->Running()) return absl::InternalError("kvcached exited at start; see " + dir + "/kvcached.log");
-      if (Since(t0) > 60) return absl::DeadlineExceededError("kvcached wrote no port files in 60 s");
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return k;
-  }
-  ~Kvcached() {
-    if (proc_) proc_->Stop();
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
-  }
-  int port() const { return port_; }
-  int ucx_port() const { return ucx_port_; }
-  const std::string& command() const { return cmd_; }
-
- private:
-  Kvcached() = default;
-  std::string dir_, cmd_;
-  int port_ = 0, ucx_port_ = 0;
-  std::unique_ptr<ChildProcess> proc_;
-};
 
 struct Workload {
   uint64_t block_bytes = 0;
@@ -165,12 +112,7 @@ absl::StatusOr<Cell> Measure(const Workload& w, int batch, double seconds, bool 
 
 absl::StatusOr<std::pair<Cell, Cell>> RunBlockClient(const TransportSpec& t, const Kvcached& k, const Workload& w,
                                                      int batch, double seconds) {
-  BlockClientOptions o;
-  o.transport = t.transport;
-  o.grpc.address = absl::StrCat("127.0.0.1:", k.port());
-  o.ucx.address = absl::StrCat("127.0.0.1:", k.ucx_port());
-  o.ucx.ucx.tls = t.tls;
-  o.ucx.ucx.net_devices = t.net_devices;
+  BlockClientOptions o = ClientOptionsFor(t, k);
   o.ucx.recv_pool_bytes = std::max<size_t>(64ull << 20, 2 * w.wire_bytes_per_batch(batch));
   o.ucx.send_pool_bytes = o.ucx.recv_pool_bytes;
   KVC_ASSIGN_OR_RETURN(std::unique_ptr<BlockClient> c, MakeBlockClient(o));

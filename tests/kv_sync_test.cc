@@ -641,6 +641,8 @@ TEST(WriteThroughCacheTest, RefreshKvRehydratedFromTheServiceEqualsKeepingItLoca
   EXPECT_GT(refresh.full_steps(), 0);
   EXPECT_GT(refresh.rehydrated_tokens(), 0);
   EXPECT_EQ(refresh.refreshes_skipped(), 0);
+  // Layer 1's context was fetched while layer 0 attended.
+  EXPECT_GT(offloaded->prefetch_hits(), 0);
   // Locally: K = 6 hot tokens plus the last partial block (< 8) at most.
   EXPECT_LE(smallest_resident, 6 + 8);
   EXPECT_EQ(local->stats().resident_tokens, 80);

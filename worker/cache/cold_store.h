@@ -23,6 +23,13 @@ class ColdKvStore {
   // before RoPE) into k and v. REQUIRES: n <= stored_tokens(layer). An error
   // (the store unreachable, a block lost) fails the step that needed them.
   virtual absl::Status Fetch(int32_t layer, int64_t n, float* k, float* v) = 0;
+  // A hint: Fetch(layer, n, ...) is likely to come soon (the next layer of
+  // a refresh step), so its transfer may start now and overlap the caller's
+  // compute. REQUIRES: n <= stored_tokens(layer). Default: nothing.
+  virtual void Prefetch(int32_t layer, int64_t n) {
+    (void)layer;
+    (void)n;
+  }
 };
 
 }  // namespace kvc::cache

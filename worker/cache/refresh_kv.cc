@@ -199,6 +199,10 @@ absl::Status RefreshKv::Rehydrate(int32_t l, Layer& layer, int64_t total) {
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat("refreshkv: no memory to rehydrate ", stored, " tokens"));
   }
+  // The next layer's context streams in while this layer attends (it will
+  // likely refresh on this step too; a fetch it does not use is kept for
+  // when it does: blocks never change).
+  if (l + 1 < config_.n_layers && layers_[l + 1].local_first > 0) cold_->Prefetch(l + 1, layers_[l + 1].local_first);
   const absl::Status fetched = cold_->Fetch(l, stored, fetch_k_.data(), fetch_v_.data());
   if (!fetched.ok()) {
     return absl::Status(fetched.code(), absl::StrCat("refreshkv: rehydrating layer ", l, ": ", fetched.message()));

@@ -100,19 +100,19 @@ int64_t WriteThroughCache::stored_tokens(int32_t layer) const {
   return acks_->leading[layer] * options_.block_tokens;
 }
 
-absl::Status WriteThroughCache::Fetch(int32_t layer, int64_t n, float* k, float* v) {
-  if (reader_ == nullptr) return absl::FailedPreconditionError("write-through: no reader to fetch blocks with");
-  const int32_t bt = options_.block_tokens;
-  if (n % bt != 0 || n > stored_tokens(layer)) {
-    return absl::InvalidArgumentError(absl::StrCat("write-through: fetch of ", n, " tokens of layer ", layer, " (",
-                                                   stored_tokens(layer), " stored, blocks of ", bt, ")"));
-  }
-  const int64_t blocks = n / bt, elems = shape_.elements();
-  fetch_keys_.clear();
-  for (int64_t b = 0; b < blocks; ++b) fetch_keys_.push_back(KvBlockKey(options_, layer, hashes_[b]));
+std::vector<BlockKey> WriteThroughCache::LayerKeys(int32_t layer, int64_t blocks) const {
+  std::vector<BlockKey> keys;
+  keys.reserve(static_cast<size_t>(blocks));
+  for (int64_t b = 0; b < blocks; ++b) keys.push_back(KvBlockKey(options_, layer, hashes_[b]));
+  return keys;
+}
+
+absl::Status WriteThroughCache::FetchKeys(int32_t layer, const std::vector<BlockKey>& keys, float* k,
+                                          float* v) const {
+  const int64_t blocks = static_cast<int64_t>(keys.size()), elems = shape_.elements();
   absl::Status first_error;
   int64_t got_blocks = 0;
-  const absl::Status s = reader_->Get(fetch_keys_, [&](GotBlock& got) {
+  const absl::Status s = reader_->Get(keys, [&](GotBlock& got) {
     absl::Status ok = got.status;
     if (ok.ok()) ok = DecodeKvBlock(got.block, shape_, k + got.index * elems, v + got.index * elems);
     if (ok.ok()) {
@@ -129,6 +129,58 @@ absl::Status WriteThroughCache::Fetch(int32_t layer, int64_t n, float* k, float*
                                             " came back"));
   }
   return absl::OkStatus();
+}
+
+void WriteThroughCache::Prefetch(int32_t layer, int64_t n) {
+  const int32_t bt = options_.block_tokens;
+  if (reader_ == nullptr || n <= 0 || n % bt != 0 || n > stored_tokens(layer)) return;
+  if (pending_.empty()) pending_.resize(config_.n_layers);
+  // At most one layer's context waits in memory: an unused prefetch of
+  // another layer (its refresh did not come) goes.
+  for (int32_t l = 0; l < config_.n_layers; ++l) {
+    if (l == layer || pending_[l] == nullptr) continue;
+    if (pending_[l]->thread.joinable()) pending_[l]->thread.join();
+    pending_[l].reset();
+  }
+  std::unique_ptr<Pending>& slot = pending_[layer];
+  if (slot != nullptr && slot->n == n) return;  // already fetching (or fetched) this
+  if (slot != nullptr && slot->thread.joinable()) slot->thread.join();
+  slot = std::make_unique<Pending>();
+  slot->n = n;
+  const size_t floats = static_cast<size_t>(n) * config_.n_kv_heads * config_.head_dim();
+  slot->k.resize(floats);
+  slot->v.resize(floats);
+  // The keys are made here: the thread must not read hashes_, which grows.
+  slot->thread = std::thread([this, p = slot.get(), layer, keys = LayerKeys(layer, n / bt)] {
+    p->status = FetchKeys(layer, keys, p->k.data(), p->v.data());
+  });
+}
+
+absl::Status WriteThroughCache::Fetch(int32_t layer, int64_t n, float* k, float* v) {
+  if (reader_ == nullptr) return absl::FailedPreconditionError("write-through: no reader to fetch blocks with");
+  const int32_t bt = options_.block_tokens;
+  if (n % bt != 0 || n > stored_tokens(layer)) {
+    return absl::InvalidArgumentError(absl::StrCat("write-through: fetch of ", n, " tokens of layer ", layer, " (",
+                                                   stored_tokens(layer), " stored, blocks of ", bt, ")"));
+  }
+  if (!pending_.empty() && pending_[layer] != nullptr && pending_[layer]->n == n) {
+    std::unique_ptr<Pending> p = std::move(pending_[layer]);
+    if (p->thread.joinable()) p->thread.join();
+    if (p->status.ok()) {
+      ++prefetch_hits_;
+      std::copy(p->k.begin(), p->k.end(), k);
+      std::copy(p->v.begin(), p->v.end(), v);
+      return absl::OkStatus();
+    }
+    // A failed prefetch (the service away then) is tried again now.
+  }
+  return FetchKeys(layer, LayerKeys(layer, n / bt), k, v);
+}
+
+WriteThroughCache::~WriteThroughCache() {
+  for (std::unique_ptr<Pending>& p : pending_) {
+    if (p != nullptr && p->thread.joinable()) p->thread.join();
+  }
 }
 
 void WriteThroughCache::AppendTokens(std::span<const int32_t> tokens) {

@@ -12,6 +12,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -62,6 +63,12 @@ class WriteThroughCache : public cache::CachePolicy, public cache::ColdKvStore {
   // cache::ColdKvStore: whole blocks, acknowledged in order from the first.
   int64_t stored_tokens(int32_t layer) const override;
   absl::Status Fetch(int32_t layer, int64_t n, float* k, float* v) override;
+  // Starts fetching on a thread of its own; the matching Fetch takes the
+  // result. One prefetch at a time: a new one drops an unused earlier one.
+  void Prefetch(int32_t layer, int64_t n) override;
+  // Fetches that a Prefetch had started (all of it or part of it).
+  int64_t prefetch_hits() const { return prefetch_hits_; }
+  ~WriteThroughCache() override;
 
   // The next tokens of the sequence, in order.
   void AppendTokens(std::span<const int32_t> tokens);
@@ -116,6 +123,18 @@ class WriteThroughCache : public cache::CachePolicy, public cache::ColdKvStore {
   bool offloaded_ = false;
   std::shared_ptr<Acks> acks_;
   std::vector<BlockKey> fetch_keys_;
+
+  // Fetches blocks [0, keys.size()) into k, v (fp32 rows, shape_).
+  absl::Status FetchKeys(int32_t layer, const std::vector<BlockKey>& keys, float* k, float* v) const;
+  std::vector<BlockKey> LayerKeys(int32_t layer, int64_t blocks) const;
+  struct Pending {
+    int64_t n = -1;
+    std::thread thread;
+    absl::Status status;
+    std::vector<float> k, v;
+  };
+  std::vector<std::unique_ptr<Pending>> pending_;  // [L]
+  int64_t prefetch_hits_ = 0;
 };
 
 struct PrefixLoad {
