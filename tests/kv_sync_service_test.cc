@@ -27,6 +27,7 @@
 #include "worker/kv/block_writer.h"
 #include "worker/kv/kv_sync.h"
 #include "worker/kv/resilient_block_client.h"
+#include "worker/kv/service_link.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/transformer.h"
 
@@ -176,6 +177,46 @@ TEST_P(KvSyncServiceTest, PrefixReuseEqualsRecomputing) {
     ASSERT_EQ(x, y) << "step " << step;
   }
   ASSERT_TRUE(writer.Flush(absl::Seconds(20)).ok());
+}
+
+// As a worker runs it: ServiceLink looks the prefix up and streams it in.
+TEST_P(KvSyncServiceTest, APrefixStreamedThroughTheServiceLinkEqualsRecomputing) {
+  ServiceLinkOptions o;
+  o.client.transport = GetParam().name;
+  o.client.grpc.address = service_->address();
+  o.client.grpc.token = testing::kTokenA;
+  o.client.ucx.address = GetParam().name == "ucx" ? service_->ucx_address() : "";
+  o.client.ucx.ucx.tls = "tcp";
+  o.client.ucx.ucx.net_devices = "lo";
+  o.sync = Sync();
+  o.metrics_address = "127.0.0.1:0";
+  absl::StatusOr<std::unique_ptr<ServiceLink>> link = ServiceLink::Start(o);
+  ASSERT_TRUE(link.ok()) << link.status();
+  const std::vector<int32_t> a = Tokens(220, 5);
+  auto first = *(*link)->Attach(SmallModel(), *cache::MakePolicy(SmallModel(), "full"));
+  EXPECT_EQ((*(*link)->LoadPrefix(SmallModel(), a, *first, 32)).tokens, 0);  // nothing cached yet
+  Run(*first, a, 0);
+  ASSERT_TRUE((*link)->writer().Flush(absl::Seconds(20)).ok());
+
+  std::vector<int32_t> b(a.begin(), a.begin() + 200);
+  const std::vector<int32_t> tail = Tokens(30, 6);
+  b.insert(b.end(), tail.begin(), tail.end());
+  auto seq = *(*link)->Attach(SmallModel(), *cache::MakePolicy(SmallModel(), "full"));
+  absl::StatusOr<PrefixLoad> load = (*link)->LoadPrefix(SmallModel(), b, *seq, model_->options().max_chunk);
+  ASSERT_TRUE(load.ok()) << load.status();
+  EXPECT_EQ(load->tokens, 192);
+  std::vector<float> x = Run(*seq, b, load->tokens);
+  auto scratch = Synced((*link)->writer(), "full");
+  EXPECT_EQ(x, Run(*scratch, b, 0));
+  EXPECT_GT((*link)->metrics_port(), 0);
+  const auto families = (*link)->metrics().Collect();
+  bool found = false;
+  for (const auto& f : families) {
+    if (f.name != "kvc_worker_prefix_tokens_loaded_total") continue;
+    found = true;
+    EXPECT_EQ(f.metric[0].counter.value, 192);
+  }
+  EXPECT_TRUE(found);
 }
 
 TEST_P(KvSyncServiceTest, GenerationSurvivesARestartOfTheService) {

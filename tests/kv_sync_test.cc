@@ -542,6 +542,49 @@ TEST(WriteThroughCacheTest, APrefixLoadedFromTheServiceEqualsRecomputingIt) {
   ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
 }
 
+// Streamed: each layer's blocks load when the rest of the prompt reaches it.
+TEST(WriteThroughCacheTest, AStreamedPrefixEqualsRecomputingAndABadBlockFailsItsLayer) {
+  ModelFixture f;
+  FakeService svc;
+  BlockWriter writer(&svc, BlockWriterOptions());
+  const std::vector<int32_t> a = Tokens(45, 12);
+  auto first = Synced(writer);
+  RunSequence(*f.model, *first, a, 0);
+  ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+  std::vector<int32_t> b(a.begin(), a.begin() + 36);
+  const std::vector<int32_t> tail = Tokens(7, 13);
+  b.insert(b.end(), tail.begin(), tail.end());
+
+  absl::StatusOr<int64_t> cached = CachedPrefixTokens(svc, SyncOptions(), SmallModel(), b, /*align=*/16);
+  ASSERT_TRUE(cached.ok());
+  EXPECT_EQ(*cached, 32);
+  auto streamed = Synced(writer, "full", &svc);
+  streamed->AppendTokens(std::span<const int32_t>(b).first(32));
+  ASSERT_TRUE(streamed->StreamPrefix(32).ok());
+  const std::vector<float> got = RunSequence(*f.model, *streamed, b, 5, 32);
+  auto scratch = Synced(writer);
+  EXPECT_EQ(got, RunSequence(*f.model, *scratch, b, 5));
+  EXPECT_EQ(streamed->stats().tokens_seen, 43 + 5);
+
+  // Layer 1's second block corrupt: layer 0 loads, layer 1's Attend fails.
+  ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+  svc.Corrupt(KvBlockKey(SyncOptions(), 1, first->hashes()[1]));
+  auto broken = Synced(writer, "full", &svc);
+  broken->AppendTokens(std::span<const int32_t>(b).first(32));
+  ASSERT_TRUE(broken->StreamPrefix(32).ok());
+  broken->AppendTokens(std::span<const int32_t>(b).subspan(32));
+  std::vector<float> logits(SmallModel().vocab_size);
+  const absl::Status s = f.model->Forward(absl::MakeConstSpan(b).subspan(32), 32, *broken, logits.data());
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_NE(s.message().find("layer 1"), std::string::npos) << s;
+  // A policy that cannot load, or bad lengths, are refused up front.
+  auto cascading = Synced(writer, "cascading:budget=12", &svc);
+  cascading->AppendTokens(std::span<const int32_t>(b).first(32));
+  EXPECT_EQ(cascading->StreamPrefix(32).code(), absl::StatusCode::kFailedPrecondition);
+  auto short_of_tokens = Synced(writer, "full", &svc);
+  EXPECT_EQ(short_of_tokens->StreamPrefix(32).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(WriteThroughCacheTest, PrefixLoadStopsAtAMissingOrCorruptBlockAndNeverFails) {
   ModelFixture f;
   FakeService svc;

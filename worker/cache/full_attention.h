@@ -19,6 +19,7 @@ class FullAttention : public CachePolicy {
   FullAttention(const model::ModelConfig& config, kernels::DType kv_dtype);
 
   absl::Status Attend(const kernels::ExecContext& ctx, const model::AttendArgs& args) override;
+  bool loads_prefix() const override { return true; }
   absl::Status Load(int32_t layer, int64_t first_position, int64_t n, const float* k, const float* v) override;
   std::string name() const override { return "full"; }
   PolicyStats stats() const override;

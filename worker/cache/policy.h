@@ -71,6 +71,8 @@ class CachePolicy : public model::AttentionCache {
     (void)cold;
     return absl::UnimplementedError(absl::StrCat("policy ", name(), " does not rehydrate from a cold store"));
   }
+  // Whether Load is implemented.
+  virtual bool loads_prefix() const { return false; }
   virtual absl::Status Load(int32_t layer, int64_t first_position, int64_t n, const float* k, const float* v) {
     (void)layer, (void)first_position, (void)n, (void)k, (void)v;
     return absl::UnimplementedError(absl::StrCat("policy ", name(), " cannot load a prefix's KV without its queries"));

@@ -30,6 +30,11 @@ absl::Status KvSyncOptions::Validate() const {
   return absl::OkStatus();
 }
 
+int64_t AlignPrefix(int64_t tokens, int32_t block_tokens, int64_t align) {
+  const int64_t unit = std::lcm<int64_t>(align, block_tokens);
+  return tokens / unit * unit;
+}
+
 BlockKey KvBlockKey(const KvSyncOptions& options, int32_t layer, const Hash128& hash) {
   BlockKey key;
   key.tenant = options.tenant;
@@ -181,6 +186,72 @@ WriteThroughCache::~WriteThroughCache() {
   for (std::unique_ptr<Pending>& p : pending_) {
     if (p != nullptr && p->thread.joinable()) p->thread.join();
   }
+  if (stream_ != nullptr && stream_->thread.joinable()) stream_->thread.join();
+}
+
+absl::Status WriteThroughCache::StreamPrefix(int64_t tokens) {
+  const int32_t bt = options_.block_tokens;
+  if (reader_ == nullptr) return absl::FailedPreconditionError("write-through: no reader to stream a prefix with");
+  if (!inner_->loads_prefix()) {
+    return absl::FailedPreconditionError(absl::StrCat("write-through: policy ", inner_->name(), " cannot load a prefix"));
+  }
+  if (stream_ != nullptr) return absl::FailedPreconditionError("write-through: a prefix is streaming already");
+  if (tokens <= 0 || tokens % bt != 0 || tokens / bt > static_cast<int64_t>(hashes_.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("write-through: cannot stream a prefix of ", tokens, " tokens (",
+                                                   hashes_.size(), " whole blocks of ", bt, " announced)"));
+  }
+  KVC_RETURN_IF_ERROR(SkipStoredPrefix(tokens));
+  const int32_t layers = config_.n_layers;
+  stream_ = std::make_unique<Stream>();
+  Stream& st = *stream_;
+  st.tokens = tokens;
+  {
+    absl::MutexLock lock(&st.mu);
+    st.done.assign(layers, false);
+    st.status.assign(layers, absl::OkStatus());
+  }
+  st.k.resize(layers);
+  st.v.resize(layers);
+  st.loaded.assign(layers, false);
+  std::vector<std::vector<BlockKey>> keys(layers);
+  for (int32_t l = 0; l < layers; ++l) keys[l] = LayerKeys(l, tokens / bt);
+  const size_t floats = static_cast<size_t>(tokens) * config_.n_kv_heads * config_.head_dim();
+  st.thread = std::thread([this, &st, floats, keys = std::move(keys)] {
+    for (int32_t l = 0; l < static_cast<int32_t>(keys.size()); ++l) {
+      absl::Status s;
+      try {
+        st.k[l].resize(floats);
+        st.v[l].resize(floats);
+        s = FetchKeys(l, keys[l], st.k[l].data(), st.v[l].data());
+      } catch (const std::bad_alloc&) {
+        s = absl::ResourceExhaustedError("write-through: no memory for a streamed prefix");
+      }
+      absl::MutexLock lock(&st.mu);
+      st.status[l] = s;
+      st.done[l] = true;
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status WriteThroughCache::TakeStreamed(int32_t layer) {
+  Stream& st = *stream_;
+  absl::Status s;
+  {
+    absl::MutexLock lock(&st.mu);
+    auto arrived = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st.mu) { return static_cast<bool>(st.done[layer]); };
+    st.mu.Await(absl::Condition(&arrived));
+    s = st.status[layer];
+  }
+  st.loaded[layer] = true;
+  if (s.ok()) s = inner_->Load(layer, 0, st.tokens, st.k[layer].data(), st.v[layer].data());
+  std::vector<float>().swap(st.k[layer]);
+  std::vector<float>().swap(st.v[layer]);
+  if (!s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("write-through: the streamed prefix of layer ", layer,
+                                               " could not be loaded (start the sequence without it): ", s.message()));
+  }
+  return absl::OkStatus();
 }
 
 void WriteThroughCache::AppendTokens(std::span<const int32_t> tokens) {
@@ -209,6 +280,7 @@ absl::Status WriteThroughCache::SkipStoredPrefix(int64_t tokens) {
 }
 
 absl::Status WriteThroughCache::Attend(const kernels::ExecContext& ctx, const model::AttendArgs& a) {
+  if (stream_ != nullptr && !stream_->loaded[a.layer]) KVC_RETURN_IF_ERROR(TakeStreamed(a.layer));
   KVC_RETURN_IF_ERROR(inner_->Attend(ctx, a));
   Staging& s = staging_[a.layer];
   // Rows of a prefix stored before (SkipStoredPrefix) are not written again.
@@ -241,25 +313,34 @@ absl::Status WriteThroughCache::Attend(const kernels::ExecContext& ctx, const mo
   return absl::OkStatus();
 }
 
-absl::StatusOr<PrefixLoad> LoadCachedPrefix(BlockClient& client, const KvSyncOptions& options,
-                                            const model::ModelConfig& config, std::span<const int32_t> prompt,
-                                            cache::CachePolicy& policy, int64_t align) {
+absl::StatusOr<int64_t> CachedPrefixTokens(BlockClient& client, const KvSyncOptions& options,
+                                           const model::ModelConfig& config, std::span<const int32_t> prompt,
+                                           int64_t align) {
   KVC_RETURN_IF_ERROR(options.Validate());
   if (align <= 0) return absl::InvalidArgumentError(absl::StrCat("prefix load: align must be > 0, got ", align));
-  PrefixLoad load;
-  if (prompt.size() < 2) return load;
+  if (prompt.size() < 2) return 0;
   // At least the last token runs through the model.
-  std::vector<Hash128> hashes = PrefixHashes(prompt.first(prompt.size() - 1), options.block_tokens);
-  if (hashes.empty()) return load;
+  const std::vector<Hash128> hashes = PrefixHashes(prompt.first(prompt.size() - 1), options.block_tokens);
+  if (hashes.empty()) return 0;
   std::vector<uint32_t> layers(config.n_layers);
   for (int32_t l = 0; l < config.n_layers; ++l) layers[l] = static_cast<uint32_t>(l);
   absl::StatusOr<uint32_t> cached = client.Lookup(options.tenant, options.model, layers, hashes);
   if (!cached.ok()) {
     KVC_LOG(kWarning, "prefix_lookup_failed").With("error", cached.status().ToString());
-    return load;
+    return 0;
   }
-  int64_t blocks = std::min<int64_t>(*cached, static_cast<int64_t>(hashes.size()));
+  const int64_t blocks = std::min<int64_t>(*cached, static_cast<int64_t>(hashes.size()));
+  return AlignPrefix(blocks * options.block_tokens, options.block_tokens, align);
+}
+
+absl::StatusOr<PrefixLoad> LoadCachedPrefix(BlockClient& client, const KvSyncOptions& options,
+                                            const model::ModelConfig& config, std::span<const int32_t> prompt,
+                                            cache::CachePolicy& policy, int64_t align) {
+  KVC_ASSIGN_OR_RETURN(const int64_t cached_tokens, CachedPrefixTokens(client, options, config, prompt, align));
+  PrefixLoad load;
+  int64_t blocks = cached_tokens / options.block_tokens;
   if (blocks == 0) return load;
+  const std::vector<Hash128> hashes = PrefixHashes(prompt.first(static_cast<size_t>(cached_tokens)), options.block_tokens);
 
   // Fetch every layer's blocks, keeping the leading run that arrived intact.
   const KvBlockShape shape = options.Shape(config);
@@ -294,9 +375,8 @@ absl::StatusOr<PrefixLoad> LoadCachedPrefix(BlockClient& client, const KvSyncOpt
     }
     blocks = std::min(blocks, intact);
   }
-  // Whole blocks and a multiple of `align`.
-  const int64_t unit = std::lcm<int64_t>(align, options.block_tokens);
-  const int64_t tokens = blocks * options.block_tokens / unit * unit;
+  // Fewer intact blocks than cached: aligned again.
+  const int64_t tokens = AlignPrefix(blocks * options.block_tokens, options.block_tokens, align);
   blocks = tokens / options.block_tokens;
   if (blocks == 0) {
     load.bytes = 0;

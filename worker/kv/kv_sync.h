@@ -37,6 +37,9 @@ struct KvSyncOptions {
   absl::Status Validate() const;
 };
 
+// `tokens` rounded down to whole blocks and a multiple of `align`.
+int64_t AlignPrefix(int64_t tokens, int32_t block_tokens, int64_t align);
+
 // The key of block `hash` of layer `layer`.
 BlockKey KvBlockKey(const KvSyncOptions& options, int32_t layer, const Hash128& hash);
 
@@ -78,9 +81,21 @@ class WriteThroughCache : public cache::CachePolicy, public cache::ColdKvStore {
   absl::Status SkipStoredPrefix(int64_t tokens);
 
   absl::Status Attend(const kernels::ExecContext& ctx, const model::AttendArgs& args) override;
+  bool loads_prefix() const override { return inner_->loads_prefix(); }
   absl::Status Load(int32_t layer, int64_t first_position, int64_t n, const float* k, const float* v) override {
     return inner_->Load(layer, first_position, n, k, v);
   }
+
+  // Loads the first `tokens` tokens (announced, whole blocks, cached for
+  // every layer) while the rest of the prompt runs: layer 0's blocks are
+  // fetched first, then layer 1's, ..., each loaded into the policy by the
+  // first Attend of its layer, which waits only for its own layer. So a
+  // layer's blocks stream in while the layers before it compute. Marks the
+  // prefix stored (SkipStoredPrefix). REQUIRES: before any Attend, a reader,
+  // loads_prefix(). If a layer's blocks cannot be fetched after all, its
+  // Attend fails with the reason (earlier layers are loaded already): the
+  // sequence must start anew without the prefix.
+  absl::Status StreamPrefix(int64_t tokens);
   std::string name() const override { return inner_->name(); }
   cache::PolicyStats stats() const override { return inner_->stats(); }
   size_t bytes_per_token() const override { return inner_->bytes_per_token(); }
@@ -135,6 +150,21 @@ class WriteThroughCache : public cache::CachePolicy, public cache::ColdKvStore {
   };
   std::vector<std::unique_ptr<Pending>> pending_;  // [L]
   int64_t prefetch_hits_ = 0;
+
+  // A streaming prefix load: layer l's blocks land in layers[l], done[l]
+  // set under mu; Attend(l) takes them once.
+  struct Stream {
+    int64_t tokens = 0;
+    absl::Mutex mu;
+    std::vector<bool> done ABSL_GUARDED_BY(mu);
+    std::vector<absl::Status> status ABSL_GUARDED_BY(mu);
+    std::vector<std::vector<float>> k, v;  // [L], written by the thread before done[l]
+    std::vector<bool> loaded;              // [L], Attend's side
+    std::thread thread;
+  };
+  std::unique_ptr<Stream> stream_;
+  // Waits for layer l's streamed blocks and loads them into the policy.
+  absl::Status TakeStreamed(int32_t layer);
 };
 
 struct PrefixLoad {
@@ -159,6 +189,13 @@ struct PrefixLoad {
 // rest of the prompt then runs in the same chunks as it would from position
 // 0, so the logits are bit for bit those of computing the whole prompt (the
 // dense kernels' results depend on how many rows a pass has).
+// How many leading tokens of `prompt` (whole blocks, a multiple of `align`,
+// leaving the last token) the service holds for every layer, by Lookup:
+// 0 when none or when the service cannot answer.
+absl::StatusOr<int64_t> CachedPrefixTokens(BlockClient& client, const KvSyncOptions& options,
+                                           const model::ModelConfig& config, std::span<const int32_t> prompt,
+                                           int64_t align);
+
 absl::StatusOr<PrefixLoad> LoadCachedPrefix(BlockClient& client, const KvSyncOptions& options,
                                             const model::ModelConfig& config, std::span<const int32_t> prompt,
                                             cache::CachePolicy& policy, int64_t align = 1);

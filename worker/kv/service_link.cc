@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "cachesvc/cached_block.h"
 #include "common/status_macros.h"
 #include "worker/cache/refresh_kv.h"
 
@@ -49,13 +50,17 @@ absl::StatusOr<std::unique_ptr<WriteThroughCache>> ServiceLink::Attach(const mod
 absl::StatusOr<PrefixLoad> ServiceLink::LoadPrefix(const model::ModelConfig& config, std::span<const int32_t> prompt,
                                                    WriteThroughCache& seq, int64_t align) {
   PrefixLoad load;
-  if (options_.prefix_reuse) {
-    KVC_ASSIGN_OR_RETURN(load, LoadCachedPrefix(*client_, options_.sync, config, prompt, seq.inner(), align));
+  if (options_.prefix_reuse && seq.loads_prefix()) {
+    KVC_ASSIGN_OR_RETURN(load.tokens, CachedPrefixTokens(*client_, options_.sync, config, prompt, align));
   }
   metrics_->CountPrefixLookup(load.tokens);
   if (load.tokens > 0) {
-    KVC_RETURN_IF_ERROR(seq.SkipStoredPrefix(load.tokens));
+    // Streamed: each layer's blocks load while the layers before it compute.
     seq.AppendTokens(prompt.first(static_cast<size_t>(load.tokens)));
+    KVC_RETURN_IF_ERROR(seq.StreamPrefix(load.tokens));
+    load.blocks = load.tokens / options_.sync.block_tokens;
+    load.bytes = 2 * load.tokens * config.n_layers * int64_t{config.n_kv_heads} * config.head_dim() *
+                 static_cast<int64_t>(DTypeBytes(options_.sync.dtype));
   }
   return load;
 }

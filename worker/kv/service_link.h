@@ -56,10 +56,13 @@ class ServiceLink {
   // policy can (RefreshKV), keeping its full context in the service.
   absl::StatusOr<std::unique_ptr<WriteThroughCache>> Attach(const model::ModelConfig& config,
                                                             std::unique_ptr<cache::CachePolicy> policy);
-  // Loads the longest cached prefix of `prompt` into `seq` (a multiple of
-  // `align` tokens, see LoadCachedPrefix), announces those tokens and marks
-  // their blocks stored. The caller then runs prompt[result.tokens:] from
-  // position result.tokens. Nothing loads with prefix_reuse off.
+  // Looks up the longest cached prefix of `prompt` (a multiple of `align`
+  // tokens, see LoadCachedPrefix), announces those tokens and streams their
+  // blocks into `seq` (WriteThroughCache::StreamPrefix: each layer loads as
+  // the prompt's rest reaches it). The caller then runs prompt[tokens:] from
+  // position `tokens`; should that fail for a block that could not be
+  // fetched after all, it starts the sequence anew with prefix_reuse off.
+  // Nothing loads with prefix_reuse off or a policy that cannot load.
   absl::StatusOr<PrefixLoad> LoadPrefix(const model::ModelConfig& config, std::span<const int32_t> prompt,
                                         WriteThroughCache& seq, int64_t align);
   // A sequence ended: its refresh counters go to the metrics.
