@@ -298,11 +298,23 @@ absl::Status Generate() {
     const int64_t align = absl::GetFlag(FLAGS_prefix_exact) ? r.model->options().max_chunk : lo.sync.block_tokens;
     KVC_ASSIGN_OR_RETURN(load, link->LoadPrefix(r.model->config(), prompt, *synced, align));
   }
-  kvc::cache::CachePolicy& cache = synced ? static_cast<kvc::cache::CachePolicy&>(*synced) : *policy;
   std::vector<float> logits(r.model->config().vocab_size);
   if (synced) synced->AppendTokens(absl::MakeConstSpan(prompt).subspan(load.tokens));
-  KVC_RETURN_IF_ERROR(
-      r.model->Forward(absl::MakeConstSpan(prompt).subspan(load.tokens), load.tokens, cache, logits.data()));
+  absl::Status prefilled = r.model->Forward(absl::MakeConstSpan(prompt).subspan(load.tokens), load.tokens,
+                                            synced ? static_cast<kvc::cache::CachePolicy&>(*synced) : *policy,
+                                            logits.data());
+  if (!prefilled.ok() && load.tokens > 0) {
+    // A streamed prefix block could not be had after all: the whole prompt, computed.
+    std::fprintf(stderr, "kvc-worker: cached prefix unusable (%s); computing the prompt\n",
+                 std::string(prefilled.message()).c_str());
+    KVC_ASSIGN_OR_RETURN(auto fresh, kvc::cache::MakePolicy(r.model->config(), absl::GetFlag(FLAGS_policy)));
+    KVC_ASSIGN_OR_RETURN(synced, link->Attach(r.model->config(), std::move(fresh)));
+    load = kvc::PrefixLoad{};
+    synced->AppendTokens(prompt);
+    prefilled = r.model->Forward(prompt, 0, *synced, logits.data());
+  }
+  KVC_RETURN_IF_ERROR(prefilled);
+  kvc::cache::CachePolicy& cache = synced ? static_cast<kvc::cache::CachePolicy&>(*synced) : *policy;
   const double ttft = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   kvc::model::Sampler sampler(so);
   std::string out = r.tokenizer->DecodeAll(prompt);
