@@ -308,7 +308,14 @@ TEST_P(TransportTest, UcxRequestsAreCountedInMetrics) {
   auto c = Client();
   ASSERT_NE(c, nullptr);
   ASSERT_EQ(RoundTrip(*c, Blocks(900, 1, 4 << 10)), 1);
-  const std::string text = server_->metrics()->RenderText();
+  // The server counts a Get once its last send completes, which may be
+  // just after the client has the block: wait for it (bounded).
+  std::string text;
+  for (int i = 0; i < 200; ++i) {
+    text = server_->metrics()->RenderText();
+    if (text.find("kvcache_ucx_requests_total{code=\"OK\",op=\"get\"}") != std::string::npos) break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
   EXPECT_THAT(text, HasSubstr("kvcache_ucx_requests_total{code=\"OK\",op=\"put\"}"));
   EXPECT_THAT(text, HasSubstr("kvcache_ucx_requests_total{code=\"OK\",op=\"get\"}"));
   EXPECT_THAT(text, HasSubstr("kvcache_ucx_bytes_total{direction=\"in\"}"));
