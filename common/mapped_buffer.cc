@@ -34,6 +34,7 @@ MappedBuffer::~MappedBuffer() {
 
 MappedBuffer::MappedBuffer(MappedBuffer&& other) noexcept
     : huge_pages_(other.huge_pages_),
+      populate_(other.populate_),
       data_(std::exchange(other.data_, nullptr)),
       size_(std::exchange(other.size_, 0)),
       mapped_(std::exchange(other.mapped_, 0)) {}
@@ -42,6 +43,7 @@ MappedBuffer& MappedBuffer::operator=(MappedBuffer&& other) noexcept {
   if (this != &other) {
     if (data_ != nullptr) ::munmap(data_, mapped_);
     huge_pages_ = other.huge_pages_;
+    populate_ = other.populate_;
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
     mapped_ = std::exchange(other.mapped_, 0);
@@ -70,7 +72,8 @@ absl::Status MappedBuffer::Resize(size_t bytes) {
   }
   void* at;
   if (data_ == nullptr) {
-    at = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    at = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | (populate_ ? MAP_POPULATE : 0),
+                -1, 0);
   } else {
     at = ::mremap(data_, mapped_, mapped, MREMAP_MAYMOVE);
   }

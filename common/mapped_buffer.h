@@ -22,8 +22,12 @@ namespace kvc {
 class MappedBuffer {
  public:
   // huge_pages: advise transparent huge pages (MADV_HUGEPAGE) on every
-  // mapping of 2 MiB or more.
-  explicit MappedBuffer(bool huge_pages = false) : huge_pages_(huge_pages) {}
+  // mapping of 2 MiB or more. populate: fault every page in when mapped
+  // (MAP_POPULATE), for a buffer about to be written whole: one kernel call
+  // instead of a fault per 4 KiB page, which costs microseconds each in a VM
+  // (measured: a 16K-token prefix fetched in 181 ms instead of 394 ms).
+  explicit MappedBuffer(bool huge_pages = false, bool populate = false)
+      : huge_pages_(huge_pages), populate_(populate) {}
   ~MappedBuffer();
   MappedBuffer(MappedBuffer&& other) noexcept;
   MappedBuffer& operator=(MappedBuffer&& other) noexcept;
@@ -44,6 +48,7 @@ class MappedBuffer {
 
  private:
   bool huge_pages_ = false;
+  bool populate_ = false;
   void* data_ = nullptr;
   size_t size_ = 0;
   size_t mapped_ = 0;

@@ -51,6 +51,18 @@ TEST(MappedBufferTest, ShrinkThenGrowReadsZeroPastTheShrink) {
   EXPECT_EQ(b.mapped_bytes(), 0u);
 }
 
+TEST(MappedBufferTest, PopulatedBuffersBehaveTheSame) {
+  MappedBuffer b(/*huge_pages=*/false, /*populate=*/true);
+  ASSERT_TRUE(b.Resize(size_t{5} << 20).ok());
+  EXPECT_TRUE(AllEqual(b.data(), b.size(), 0));
+  std::memset(b.data(), 3, b.size());
+  ASSERT_TRUE(b.Resize(size_t{9} << 20).ok());  // grown: the tail populated too
+  EXPECT_TRUE(AllEqual(b.data(), size_t{5} << 20, 3));
+  EXPECT_TRUE(AllEqual(b.data() + (size_t{5} << 20), size_t{4} << 20, 0));
+  MappedBuffer moved(std::move(b));
+  EXPECT_EQ(moved.size(), size_t{9} << 20);
+}
+
 TEST(MappedBufferTest, MoveTransfersTheMapping) {
   MappedBuffer a;
   ASSERT_TRUE(a.Resize(64).ok());

@@ -1,5 +1,7 @@
 #include "worker/cache/full_attention.h"
 
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/attention.h"
@@ -39,6 +41,19 @@ absl::Status FullAttention::Load(int32_t layer, int64_t first_position, int64_t 
         absl::StrCat("full attention: load of ", n, " tokens at position ", first_position, " (or null rows)"));
   }
   return Append(layer, first_position, n, k, v);
+}
+
+absl::Status FullAttention::AdoptPrefix(int32_t layer, int64_t n, MappedBuffer k, MappedBuffer v) {
+  if (layer < 0 || layer >= config_.n_layers || n <= 0 || length_[layer] != 0 ||
+      layers_[layer].dtype() != kernels::DType::kF32) {
+    return CachePolicy::AdoptPrefix(layer, n, std::move(k), std::move(v));
+  }
+  KVC_RETURN_IF_ERROR(layers_[layer].Adopt(std::move(k), std::move(v), n));
+  length_[layer] = n;
+  while (static_cast<int64_t>(slots_.size()) < n) slots_.push_back(static_cast<int32_t>(slots_.size()));
+  if (static_cast<int64_t>(positions_.size()) < n) positions_.resize(n);
+  for (int64_t i = 0; i < n; ++i) positions_[i] = static_cast<int32_t>(i);
+  return absl::OkStatus();
 }
 
 absl::Status FullAttention::Attend(const kernels::ExecContext& ctx, const model::AttendArgs& a) {

@@ -1,6 +1,7 @@
 #include "worker/cache/layer_kv.h"
 
 #include <algorithm>
+#include <utility>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -46,6 +47,19 @@ void LayerKv::StoreN(const float* src, size_t n, uint8_t* dst) const {
       break;
     }
   }
+}
+
+absl::Status LayerKv::Adopt(MappedBuffer k, MappedBuffer v, int64_t slots) {
+  const size_t row_bytes = row_elems_ * kernels::DTypeSize(dtype_);
+  if (slots < 0 || k.size() < static_cast<size_t>(slots) * row_bytes || v.size() < static_cast<size_t>(slots) * row_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("KV: buffers of ", k.size(), " and ", v.size(),
+                                                   " bytes cannot hold ", slots, " slots"));
+  }
+  const int64_t capacity = static_cast<int64_t>(std::min(k.size(), v.size()) / row_bytes);
+  k_ = std::move(k);
+  v_ = std::move(v);
+  capacity_ = capacity;
+  return absl::OkStatus();
 }
 
 void LayerKv::Store(const float* src, uint8_t* dst) const { StoreN(src, row_elems_, dst); }

@@ -20,6 +20,11 @@ class LayerKv {
   // Makes room for `slots` slots (keeps the contents; grows geometrically).
   // ResourceExhausted when the memory cannot be had.
   absl::Status Reserve(int64_t slots);
+  // Takes `k` and `v` (rows [slots][Hkv][D] of this pool's dtype, each at
+  // least slots rows long) as the pool's storage, replacing what it held:
+  // rows arrive where they will be attended, with no copy. INVALID_ARGUMENT
+  // when a buffer is too short.
+  absl::Status Adopt(MappedBuffer k, MappedBuffer v, int64_t slots);
   // Writes token rows k[i], v[i] ([Hkv][D] fp32 each) into slots[i].
   // REQUIRES: every slot < capacity().
   void Write(const int32_t* slots, int64_t n, const float* k, const float* v);

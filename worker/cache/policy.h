@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/mapped_buffer.h"
 #include "kernels/types.h"
 #include "worker/cache/cold_store.h"
 #include "worker/model/transformer.h"
@@ -73,6 +74,12 @@ class CachePolicy : public model::AttentionCache {
   }
   // Whether Load is implemented.
   virtual bool loads_prefix() const { return false; }
+  // Load of the sequence's first n tokens of `layer` (before anything else
+  // of that layer) from fp32 rows in k and v ([n][Hkv][D]), which the policy
+  // may take as its storage instead of copying them.
+  virtual absl::Status AdoptPrefix(int32_t layer, int64_t n, MappedBuffer k, MappedBuffer v) {
+    return Load(layer, 0, n, reinterpret_cast<const float*>(k.data()), reinterpret_cast<const float*>(v.data()));
+  }
   virtual absl::Status Load(int32_t layer, int64_t first_position, int64_t n, const float* k, const float* v) {
     (void)layer, (void)first_position, (void)n, (void)k, (void)v;
     return absl::UnimplementedError(absl::StrCat("policy ", name(), " cannot load a prefix's KV without its queries"));

@@ -210,21 +210,22 @@ absl::Status WriteThroughCache::StreamPrefix(int64_t tokens) {
     st.done.assign(layers, false);
     st.status.assign(layers, absl::OkStatus());
   }
-  st.k.resize(layers);
-  st.v.resize(layers);
+  for (int32_t l = 0; l < layers; ++l) {
+    st.k.emplace_back(/*huge_pages=*/false, /*populate=*/true);
+    st.v.emplace_back(/*huge_pages=*/false, /*populate=*/true);
+  }
   st.loaded.assign(layers, false);
   std::vector<std::vector<BlockKey>> keys(layers);
   for (int32_t l = 0; l < layers; ++l) keys[l] = LayerKeys(l, tokens / bt);
   const size_t floats = static_cast<size_t>(tokens) * config_.n_kv_heads * config_.head_dim();
   st.thread = std::thread([this, &st, floats, keys = std::move(keys)] {
     for (int32_t l = 0; l < static_cast<int32_t>(keys.size()); ++l) {
-      absl::Status s;
-      try {
-        st.k[l].resize(floats);
-        st.v[l].resize(floats);
-        s = FetchKeys(l, keys[l], st.k[l].data(), st.v[l].data());
-      } catch (const std::bad_alloc&) {
-        s = absl::ResourceExhaustedError("write-through: no memory for a streamed prefix");
+      // Straight into buffers the policy will keep as its KV (no copy after
+      // this one off the wire).
+      absl::Status s = st.k[l].Resize(floats * sizeof(float));
+      if (s.ok()) s = st.v[l].Resize(floats * sizeof(float));
+      if (s.ok()) {
+        s = FetchKeys(l, keys[l], reinterpret_cast<float*>(st.k[l].data()), reinterpret_cast<float*>(st.v[l].data()));
       }
       absl::MutexLock lock(&st.mu);
       st.status[l] = s;
@@ -244,9 +245,9 @@ absl::Status WriteThroughCache::TakeStreamed(int32_t layer) {
     s = st.status[layer];
   }
   st.loaded[layer] = true;
-  if (s.ok()) s = inner_->Load(layer, 0, st.tokens, st.k[layer].data(), st.v[layer].data());
-  std::vector<float>().swap(st.k[layer]);
-  std::vector<float>().swap(st.v[layer]);
+  if (s.ok()) s = inner_->AdoptPrefix(layer, st.tokens, std::move(st.k[layer]), std::move(st.v[layer]));
+  st.k[layer] = MappedBuffer();
+  st.v[layer] = MappedBuffer();
   if (!s.ok()) {
     return absl::Status(s.code(), absl::StrCat("write-through: the streamed prefix of layer ", layer,
                                                " could not be loaded (start the sequence without it): ", s.message()));
@@ -345,19 +346,26 @@ absl::StatusOr<PrefixLoad> LoadCachedPrefix(BlockClient& client, const KvSyncOpt
   // Fetch every layer's blocks, keeping the leading run that arrived intact.
   const KvBlockShape shape = options.Shape(config);
   const int64_t elems = shape.elements();
-  std::vector<std::vector<float>> k(config.n_layers), v(config.n_layers);
+  // fp32 rows the policy may keep as its KV (AdoptPrefix).
+  std::vector<MappedBuffer> kb, vb;
+  for (int32_t l = 0; l < config.n_layers; ++l) {
+    kb.emplace_back(/*huge_pages=*/false, /*populate=*/true);
+    vb.emplace_back(/*huge_pages=*/false, /*populate=*/true);
+  }
   std::vector<BlockKey> keys;
   for (int32_t l = 0; l < config.n_layers && blocks > 0; ++l) {
     keys.clear();
     for (int64_t b = 0; b < blocks; ++b) keys.push_back(KvBlockKey(options, l, hashes[b]));
-    k[l].resize(static_cast<size_t>(blocks * elems));
-    v[l].resize(static_cast<size_t>(blocks * elems));
+    KVC_RETURN_IF_ERROR(kb[l].Resize(static_cast<size_t>(blocks * elems) * sizeof(float)));
+    KVC_RETURN_IF_ERROR(vb[l].Resize(static_cast<size_t>(blocks * elems) * sizeof(float)));
+    float* k = reinterpret_cast<float*>(kb[l].data());
+    float* v = reinterpret_cast<float*>(vb[l].data());
     int64_t intact = blocks;  // leading blocks verified
     const absl::Status s = client.Get(keys, [&](GotBlock& got) {
       const int64_t b = got.index;
       if (b >= intact) return;
       absl::Status ok = got.status;
-      if (ok.ok()) ok = DecodeKvBlock(got.block, shape, k[l].data() + b * elems, v[l].data() + b * elems);
+      if (ok.ok()) ok = DecodeKvBlock(got.block, shape, k + b * elems, v + b * elems);
       if (ok.ok()) {
         load.bytes += static_cast<int64_t>(got.block.k.size() + got.block.v.size());
         return;
@@ -383,7 +391,7 @@ absl::StatusOr<PrefixLoad> LoadCachedPrefix(BlockClient& client, const KvSyncOpt
     return load;
   }
   for (int32_t l = 0; l < config.n_layers; ++l) {
-    const absl::Status s = policy.Load(l, 0, tokens, k[l].data(), v[l].data());
+    const absl::Status s = policy.AdoptPrefix(l, tokens, std::move(kb[l]), std::move(vb[l]));
     if (absl::IsUnimplemented(s) && l == 0) return PrefixLoad{};
     KVC_RETURN_IF_ERROR(s);
   }

@@ -85,6 +85,9 @@ class WriteThroughCache : public cache::CachePolicy, public cache::ColdKvStore {
   absl::Status Load(int32_t layer, int64_t first_position, int64_t n, const float* k, const float* v) override {
     return inner_->Load(layer, first_position, n, k, v);
   }
+  absl::Status AdoptPrefix(int32_t layer, int64_t n, MappedBuffer k, MappedBuffer v) override {
+    return inner_->AdoptPrefix(layer, n, std::move(k), std::move(v));
+  }
 
   // Loads the first `tokens` tokens (announced, whole blocks, cached for
   // every layer) while the rest of the prompt runs: layer 0's blocks are
@@ -158,7 +161,7 @@ class WriteThroughCache : public cache::CachePolicy, public cache::ColdKvStore {
     absl::Mutex mu;
     std::vector<bool> done ABSL_GUARDED_BY(mu);
     std::vector<absl::Status> status ABSL_GUARDED_BY(mu);
-    std::vector<std::vector<float>> k, v;  // [L], written by the thread before done[l]
+    std::vector<MappedBuffer> k, v;  // [L] fp32 rows, written by the thread before done[l]
     std::vector<bool> loaded;              // [L], Attend's side
     std::thread thread;
   };
