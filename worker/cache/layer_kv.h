@@ -41,6 +41,11 @@ class LayerKv {
   void CopyHead(const LayerKv& src, int64_t src_slot, int64_t dst_slot, int32_t head);
   // Moves n slots from `from` to `to` (overlap allowed).
   void MoveRows(int64_t from, int64_t to, int64_t n);
+  // Writable fp32 rows from `slot` on, for a producer that fills them in
+  // place (a fetch from the cache service); nullptr unless the dtype is fp32.
+  // REQUIRES: slot < capacity().
+  float* MutableF32K(int64_t slot) { return MutableF32(k_, slot); }
+  float* MutableF32V(int64_t slot) { return MutableF32(v_, slot); }
   // Copies slot `from` to slot `to` (keys and values).
   void Move(int64_t from, int64_t to);
   // Copies only KV head `head` of slot `from` to slot `to` (policies whose
@@ -59,6 +64,10 @@ class LayerKv {
   kernels::DType dtype() const { return dtype_; }
 
  private:
+  float* MutableF32(MappedBuffer& b, int64_t slot) {
+    if (dtype_ != kernels::DType::kF32) return nullptr;
+    return reinterpret_cast<float*>(b.data()) + static_cast<size_t>(slot) * row_elems_;
+  }
   void Store(const float* src, uint8_t* dst) const;
   void StoreN(const float* src, size_t n, uint8_t* dst) const;
 

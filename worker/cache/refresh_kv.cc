@@ -193,21 +193,29 @@ absl::Status RefreshKv::Rehydrate(int32_t l, Layer& layer, int64_t total) {
   const int64_t stored = layer.local_first;
   const size_t row = static_cast<size_t>(config_.n_kv_heads) * config_.head_dim();
   KVC_RETURN_IF_ERROR(full_kv_.Reserve(total));
-  try {
-    fetch_k_.resize(stored * row);
-    fetch_v_.resize(stored * row);
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat("refreshkv: no memory to rehydrate ", stored, " tokens"));
+  // fp32 KV: fetched straight into the rehydration pool; otherwise through
+  // fp32 scratch, converted on the way in.
+  float* k = full_kv_.MutableF32K(0);
+  float* v = full_kv_.MutableF32V(0);
+  if (k == nullptr) {
+    try {
+      fetch_k_.resize(stored * row);
+      fetch_v_.resize(stored * row);
+    } catch (const std::bad_alloc&) {
+      return absl::ResourceExhaustedError(absl::StrCat("refreshkv: no memory to rehydrate ", stored, " tokens"));
+    }
+    k = fetch_k_.data();
+    v = fetch_v_.data();
   }
   // The next layer's context streams in while this layer attends (it will
   // likely refresh on this step too; a fetch it does not use is kept for
   // when it does: blocks never change).
   if (l + 1 < config_.n_layers && layers_[l + 1].local_first > 0) cold_->Prefetch(l + 1, layers_[l + 1].local_first);
-  const absl::Status fetched = cold_->Fetch(l, stored, fetch_k_.data(), fetch_v_.data());
+  const absl::Status fetched = cold_->Fetch(l, stored, k, v);
   if (!fetched.ok()) {
     return absl::Status(fetched.code(), absl::StrCat("refreshkv: rehydrating layer ", l, ": ", fetched.message()));
   }
-  full_kv_.WriteRange(0, stored, fetch_k_.data(), fetch_v_.data());
+  if (k == fetch_k_.data()) full_kv_.WriteRange(0, stored, k, v);
   full_kv_.CopyRows(layer.kv, 0, stored, total - stored);
   rehydrated_tokens_ += stored;
   return absl::OkStatus();

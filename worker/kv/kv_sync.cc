@@ -153,6 +153,9 @@ void WriteThroughCache::Prefetch(int32_t layer, int64_t n) {
   slot = std::make_unique<Pending>();
   slot->n = n;
   const size_t floats = static_cast<size_t>(n) * config_.n_kv_heads * config_.head_dim();
+  // The last prefetch's buffers, reused: no fresh pages to zero and fault in.
+  slot->k.swap(spare_k_);
+  slot->v.swap(spare_v_);
   slot->k.resize(floats);
   slot->v.resize(floats);
   // The keys are made here: the thread must not read hashes_, which grows.
@@ -175,6 +178,8 @@ absl::Status WriteThroughCache::Fetch(int32_t layer, int64_t n, float* k, float*
       ++prefetch_hits_;
       std::copy(p->k.begin(), p->k.end(), k);
       std::copy(p->v.begin(), p->v.end(), v);
+      spare_k_.swap(p->k);
+      spare_v_.swap(p->v);
       return absl::OkStatus();
     }
     // A failed prefetch (the service away then) is tried again now.

@@ -152,6 +152,7 @@ class WriteThroughCache : public cache::CachePolicy, public cache::ColdKvStore {
     std::vector<float> k, v;
   };
   std::vector<std::unique_ptr<Pending>> pending_;  // [L]
+  std::vector<float> spare_k_, spare_v_;           // a consumed prefetch's buffers
   int64_t prefetch_hits_ = 0;
 
   // A streaming prefix load: layer l's blocks land in layers[l], done[l]
