@@ -493,21 +493,31 @@ TEST(WriteThroughCacheTest, EveryCompletedBlockOfEveryLayerReachesTheService) {
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
 }
 
+// Sequence A (a_tokens random tokens, full attention) stores its KV in
+// `svc`; B shares A's first `shared` tokens, then `tail` of its own.
+struct SharedPrefix {
+  std::unique_ptr<WriteThroughCache> a;
+  std::vector<int32_t> b;
+};
+SharedPrefix StoreAndShare(ModelFixture& f, BlockWriter& writer, int a_tokens, int shared, int tail, uint64_t seed) {
+  SharedPrefix p;
+  const std::vector<int32_t> a = Tokens(a_tokens, seed);
+  p.a = Synced(writer);
+  RunSequence(*f.model, *p.a, a, 0);
+  EXPECT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+  p.b.assign(a.begin(), a.begin() + shared);
+  const std::vector<int32_t> own = Tokens(tail, seed + 1);
+  p.b.insert(p.b.end(), own.begin(), own.end());
+  return p;
+}
+
 TEST(WriteThroughCacheTest, APrefixLoadedFromTheServiceEqualsRecomputingIt) {
   ModelFixture f;
   FakeService svc;
   BlockWriter writer(&svc, BlockWriterOptions());
-  // Sequence A stores its KV.
-  const std::vector<int32_t> a = Tokens(45, 2);
-  auto first = Synced(writer);
-  RunSequence(*f.model, *first, a, 0);
-  ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
-
-  // Sequence B shares A's first 30 tokens: 3 whole blocks of 8 are cached;
-  // aligned to the prefill chunk (16), 16 tokens load.
-  std::vector<int32_t> b(a.begin(), a.begin() + 30);
-  const std::vector<int32_t> tail = Tokens(9, 3);
-  b.insert(b.end(), tail.begin(), tail.end());
+  // B shares A's first 30 tokens: 3 whole blocks of 8 are cached; aligned
+  // to the prefill chunk (16), 16 tokens load.
+  const std::vector<int32_t> b = StoreAndShare(f, writer, 45, 30, 9, 2).b;
   auto reuse = Synced(writer);
   absl::StatusOr<PrefixLoad> load = LoadCachedPrefix(svc, SyncOptions(), SmallModel(), b, reuse->inner(), /*align=*/16);
   ASSERT_TRUE(load.ok()) << load.status();
@@ -547,13 +557,9 @@ TEST(WriteThroughCacheTest, AStreamedPrefixEqualsRecomputingAndABadBlockFailsIts
   ModelFixture f;
   FakeService svc;
   BlockWriter writer(&svc, BlockWriterOptions());
-  const std::vector<int32_t> a = Tokens(45, 12);
-  auto first = Synced(writer);
-  RunSequence(*f.model, *first, a, 0);
-  ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
-  std::vector<int32_t> b(a.begin(), a.begin() + 36);
-  const std::vector<int32_t> tail = Tokens(7, 13);
-  b.insert(b.end(), tail.begin(), tail.end());
+  SharedPrefix shared = StoreAndShare(f, writer, 45, 36, 7, 12);
+  const std::vector<int32_t>& b = shared.b;
+  WriteThroughCache* first = shared.a.get();
 
   absl::StatusOr<int64_t> cached = CachedPrefixTokens(svc, SyncOptions(), SmallModel(), b, /*align=*/16);
   ASSERT_TRUE(cached.ok());

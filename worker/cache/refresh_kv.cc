@@ -147,11 +147,7 @@ absl::Status RefreshKv::Attend(const k::ExecContext& ctx, const model::AttendArg
     pairs = n * past + n * (n + 1) / 2;
   } else {
     pairs = static_cast<int64_t>(layer.hot.front().size()) + 1;
-    if (cold_ != nullptr) {
-      KVC_RETURN_IF_ERROR(PartialAttendCold(ctx, a, layer, total));
-    } else {
-      KVC_RETURN_IF_ERROR(PartialAttend(ctx, a, layer, total));
-    }
+    KVC_RETURN_IF_ERROR(PartialAttend(ctx, a, layer, total));
     ++partial_steps_;
   }
   if (cold_ != nullptr && n == 1) KVC_RETURN_IF_ERROR(Trim(a.layer, layer, total));
@@ -237,48 +233,6 @@ absl::Status RefreshKv::FillHot(Layer& layer, const LayerKv& cf) {
   return absl::OkStatus();
 }
 
-absl::Status RefreshKv::PartialAttendCold(const k::ExecContext& ctx, const model::AttendArgs& a, Layer& layer,
-                                          int64_t total) {
-  const int32_t hkv = config_.n_kv_heads;
-  const int32_t token = static_cast<int32_t>(total - 1);
-  const int64_t m = static_cast<int64_t>(layer.hot.front().size()), per_list = m + 1;
-  indptr_.resize(hkv + 1);
-  indices_.resize(static_cast<size_t>(hkv) * per_list);
-  gather_positions_.resize(indices_.size());
-  for (int32_t h = 0; h < hkv; ++h) {
-    if (layer.free_slots[h].empty()) return absl::InternalError("refreshkv: hot set has no free slot");
-    const int32_t fresh = layer.free_slots[h].back();
-    layer.free_slots[h].pop_back();
-    layer.hot_kv.CopyHead(layer.kv, token - layer.local_first, fresh, h);
-    // Cp in token order (compact positions keep it), then the new token.
-    token_slot_.clear();
-    for (size_t i = 0; i < layer.hot[h].size(); ++i) token_slot_.emplace_back(layer.hot[h][i], layer.hot_slot[h][i]);
-    std::sort(token_slot_.begin(), token_slot_.end());
-    token_slot_.emplace_back(token, fresh);
-    indptr_[h] = static_cast<int32_t>(h * per_list);
-    for (int64_t j = 0; j < per_list; ++j) {
-      indices_[h * per_list + j] = token_slot_[j].second;
-      gather_positions_[h * per_list + j] =
-          options_.compact_positions ? static_cast<int32_t>(j) : layer.positions[token_slot_[j].first];
-    }
-    layer.hot[h].push_back(token);
-    layer.hot_slot[h].push_back(fresh);
-  }
-  indptr_[hkv] = static_cast<int32_t>(hkv * per_list);
-  query_positions_.assign(1, options_.compact_positions ? static_cast<int32_t>(m) : layer.positions[token]);
-  const k::KvGather gather{indptr_.data(), indices_.data(), gather_positions_.data(), true};
-  KVC_RETURN_IF_ERROR(AttendGather(ctx, config_, a.q, 1, layer.hot_kv.Pool(int64_t{options_.k} + 1), gather,
-                                   query_positions_.data(), k::ScoreAccum{}, a.out, a.lse));
-  for (int32_t h = 0; h < hkv; ++h) {
-    if (static_cast<int64_t>(layer.hot[h].size()) > options_.k) {
-      layer.free_slots[h].push_back(layer.hot_slot[h].front());
-      layer.hot[h].pop_front();
-      layer.hot_slot[h].pop_front();
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status RefreshKv::Trim(int32_t l, Layer& layer, int64_t total) {
   const int64_t stored = std::min(cold_->stored_tokens(l), total);
   if (stored <= layer.local_first) return absl::OkStatus();
@@ -290,34 +244,55 @@ absl::Status RefreshKv::Trim(int32_t l, Layer& layer, int64_t total) {
   return absl::OkStatus();
 }
 
-absl::Status RefreshKv::PartialAttend(const k::ExecContext& ctx, const model::AttendArgs& a,
-                                      Layer& layer, int64_t total) {
+absl::Status RefreshKv::PartialAttend(const k::ExecContext& ctx, const model::AttendArgs& a, Layer& layer,
+                                      int64_t total) {
   const int32_t hkv = config_.n_kv_heads;
-  const int32_t slot = static_cast<int32_t>(total - 1);
+  const int32_t token = static_cast<int32_t>(total - 1);
   const int64_t m = static_cast<int64_t>(layer.hot.front().size()), per_list = m + 1;
+  // Rows: Cf's (slot = token), or with a cold store the hot set's own pool
+  // (the new token's rows copied into a free slot of each head).
+  const bool cold = cold_ != nullptr;
   indptr_.resize(hkv + 1);
   indices_.resize(static_cast<size_t>(hkv) * per_list);
   gather_positions_.resize(indices_.size());
   for (int32_t h = 0; h < hkv; ++h) {
-    indptr_[h] = static_cast<int32_t>(h * per_list);
-    int32_t* idx = indices_.data() + h * per_list;
-    std::copy(layer.hot[h].begin(), layer.hot[h].end(), idx);
-    std::sort(idx, idx + m);  // token order, so compact positions keep it
-    idx[m] = slot;
-    int32_t* pos = gather_positions_.data() + h * per_list;
-    for (int64_t j = 0; j < per_list; ++j) {
-      pos[j] = options_.compact_positions ? static_cast<int32_t>(j) : layer.positions[idx[j]];
+    int32_t slot = token;
+    token_slot_.clear();
+    if (cold) {
+      if (layer.free_slots[h].empty()) return absl::InternalError("refreshkv: hot set has no free slot");
+      slot = layer.free_slots[h].back();
+      layer.free_slots[h].pop_back();
+      layer.hot_kv.CopyHead(layer.kv, token - layer.local_first, slot, h);
+      for (size_t i = 0; i < layer.hot[h].size(); ++i) token_slot_.emplace_back(layer.hot[h][i], layer.hot_slot[h][i]);
+      layer.hot_slot[h].push_back(slot);
+    } else {
+      for (const int32_t t : layer.hot[h]) token_slot_.emplace_back(t, t);
     }
+    // Cp in token order (compact positions keep it), then the new token.
+    std::sort(token_slot_.begin(), token_slot_.end());
+    token_slot_.emplace_back(token, slot);
+    indptr_[h] = static_cast<int32_t>(h * per_list);
+    for (int64_t j = 0; j < per_list; ++j) {
+      indices_[h * per_list + j] = token_slot_[j].second;
+      gather_positions_[h * per_list + j] =
+          options_.compact_positions ? static_cast<int32_t>(j) : layer.positions[token_slot_[j].first];
+    }
+    layer.hot[h].push_back(token);
   }
   indptr_[hkv] = static_cast<int32_t>(hkv * per_list);
-  query_positions_.assign(
-      1, options_.compact_positions ? static_cast<int32_t>(m) : layer.positions[slot]);
+  query_positions_.assign(1, options_.compact_positions ? static_cast<int32_t>(m) : layer.positions[token]);
   const k::KvGather gather{indptr_.data(), indices_.data(), gather_positions_.data(), true};
-  KVC_RETURN_IF_ERROR(AttendGather(ctx, config_, a.q, 1, layer.kv.Pool(total), gather,
-                                   query_positions_.data(), k::ScoreAccum{}, a.out, a.lse));
-  for (std::deque<int32_t>& hot : layer.hot) {
-    hot.push_back(slot);
-    if (static_cast<int64_t>(hot.size()) > options_.k) hot.pop_front();
+  const k::KvPool pool = cold ? layer.hot_kv.Pool(int64_t{options_.k} + 1) : layer.kv.Pool(total);
+  KVC_RETURN_IF_ERROR(
+      AttendGather(ctx, config_, a.q, 1, pool, gather, query_positions_.data(), k::ScoreAccum{}, a.out, a.lse));
+  // Cp keeps at most K: the front (lowest score, or oldest appended) goes.
+  for (int32_t h = 0; h < hkv; ++h) {
+    if (static_cast<int64_t>(layer.hot[h].size()) <= options_.k) continue;
+    layer.hot[h].pop_front();
+    if (cold) {
+      layer.free_slots[h].push_back(layer.hot_slot[h].front());
+      layer.hot_slot[h].pop_front();
+    }
   }
   return absl::OkStatus();
 }

@@ -155,8 +155,8 @@ class RefreshKv : public CachePolicy {
   // it the reference.
   absl::Status FullAttend(const kernels::ExecContext& ctx, const model::AttendArgs& a, Layer& layer,
                           int64_t total);
-  // One decode step over Cp and the new token (slot `total - 1`), then Cp
-  // takes the token and, if over K, drops its front.
+  // One decode step over Cp and the new token (in Cf, or with a cold store
+  // in hot_kv), then Cp takes the token and, if over K, drops its front.
   absl::Status PartialAttend(const kernels::ExecContext& ctx, const model::AttendArgs& a,
                              Layer& layer, int64_t total);
   // Cp of every head from scores_ ([Hkv][total]).
@@ -166,9 +166,6 @@ class RefreshKv : public CachePolicy {
   absl::Status Rehydrate(int32_t l, Layer& layer, int64_t total);
   // Cold store: Cp's rows into hot_kv from `cf` (slot = token).
   absl::Status FillHot(Layer& layer, const LayerKv& cf);
-  // Cold store: one decode step over hot_kv and the new token.
-  absl::Status PartialAttendCold(const kernels::ExecContext& ctx, const model::AttendArgs& a, Layer& layer,
-                                 int64_t total);
   // Cold store: drops the local rows of tokens the store now holds.
   absl::Status Trim(int32_t l, Layer& layer, int64_t total);
   // Mean over query heads of query row `i` of q, into query_mean_.
