@@ -342,8 +342,9 @@ absl::StatusOr<int64_t> CachedPrefixTokens(BlockClient& client, const KvSyncOpti
 absl::StatusOr<PrefixLoad> LoadCachedPrefix(BlockClient& client, const KvSyncOptions& options,
                                             const model::ModelConfig& config, std::span<const int32_t> prompt,
                                             cache::CachePolicy& policy, int64_t align) {
-  KVC_ASSIGN_OR_RETURN(const int64_t cached_tokens, CachedPrefixTokens(client, options, config, prompt, align));
   PrefixLoad load;
+  if (!policy.loads_prefix()) return load;  // it must run its prompt through the model
+  KVC_ASSIGN_OR_RETURN(const int64_t cached_tokens, CachedPrefixTokens(client, options, config, prompt, align));
   int64_t blocks = cached_tokens / options.block_tokens;
   if (blocks == 0) return load;
   const std::vector<Hash128> hashes = PrefixHashes(prompt.first(static_cast<size_t>(cached_tokens)), options.block_tokens);
@@ -396,9 +397,7 @@ absl::StatusOr<PrefixLoad> LoadCachedPrefix(BlockClient& client, const KvSyncOpt
     return load;
   }
   for (int32_t l = 0; l < config.n_layers; ++l) {
-    const absl::Status s = policy.AdoptPrefix(l, tokens, std::move(kb[l]), std::move(vb[l]));
-    if (absl::IsUnimplemented(s) && l == 0) return PrefixLoad{};
-    KVC_RETURN_IF_ERROR(s);
+    KVC_RETURN_IF_ERROR(policy.AdoptPrefix(l, tokens, std::move(kb[l]), std::move(vb[l])));
   }
   load.tokens = tokens;
   load.blocks = blocks;

@@ -178,15 +178,15 @@ struct PrefixLoad {
 };
 
 // Loads the longest prefix of `prompt` whose blocks the service holds for
-// every layer into `policy` (Load), leaving at least the prompt's last token
+// every layer into `policy` (AdoptPrefix), leaving at least the prompt's last token
 // to run through the model (its logits are needed). Every block is fetched
 // and verified (shape, checksum) before any is loaded, and every layer gets
 // the same number of blocks: the longest run of leading blocks that arrived
 // intact for all layers. A service that is unreachable, a miss or a bad
 // block shortens the prefix (down to nothing); none is an error of the
 // sequence, which prefills the rest. A policy that cannot load
-// (UNIMPLEMENTED) loads nothing. Errors: only the policy's own Load failing
-// (the sequence must then start anew).
+// (loads_prefix() false) loads nothing and nothing is fetched. Errors: only
+// the policy's own load failing (the sequence must then start anew).
 //
 // `align` (tokens, > 0): the loaded length is rounded down to a multiple of
 // it. With the runtime's prefill chunk (TransformerOptions::max_chunk) the
