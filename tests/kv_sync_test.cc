@@ -299,6 +299,13 @@ TEST(ResilientBlockClientTest, RemakesItsClientAfterTheServiceComesBack) {
   ASSERT_TRUE(client.Put(std::span(&view, 1), false).ok());
   EXPECT_EQ(made, 2);
   EXPECT_EQ(client.connects(), 2);
+  // A refused connection (a bad token) is reported as such, not as the
+  // service being away.
+  ResilientBlockClient refused(
+      []() -> absl::StatusOr<std::unique_ptr<BlockClient>> { return absl::UnauthenticatedError("unknown token"); },
+      absl::Seconds(1), &clock);
+  EXPECT_EQ(refused.Put(std::span(&view, 1), false).code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(refused.Put(std::span(&view, 1), false).code(), absl::StatusCode::kUnauthenticated);
   // Other errors keep the connection.
   svc.Refuse(absl::InvalidArgumentError("bad block"));
   EXPECT_EQ(client.Put(std::span(&view, 1), false).code(), absl::StatusCode::kInvalidArgument);

@@ -336,16 +336,20 @@ absl::Status Generate() {
                steps, s, steps / std::max(s, 1e-9), cache.name().c_str(), Bytes(cache.stats().resident_bytes).c_str(),
                ttft * 1e3);
   if (link) {
-    const absl::Status flushed = link->writer().Flush(absl::Seconds(30));
+    // Wait for the write-through to finish, but not for a service that is
+    // away (degraded): what is queued then is lost with the process.
+    const absl::Status flushed =
+        link->writer().Flush(link->writer().degraded() ? absl::Seconds(2) : absl::Seconds(30));
     link->Finish(*synced);
     const kvc::BlockWriterStats ws = link->writer().stats();
     std::fprintf(stderr,
                  "cache service (%s): prefix %lld of %zu prompt tokens loaded (%lld blocks per layer); write-through "
-                 "stored %llu blocks (%s), dropped %llu, rejected %llu%s%s\n",
+                 "stored %llu blocks (%s), dropped %llu, rejected %llu%s%s%s\n",
                  std::string(link->client().transport()).c_str(), static_cast<long long>(load.tokens), prompt.size(),
                  static_cast<long long>(load.blocks), static_cast<unsigned long long>(ws.stored),
                  Bytes(ws.stored_bytes).c_str(), static_cast<unsigned long long>(ws.dropped),
                  static_cast<unsigned long long>(ws.rejected), synced->offloaded() ? "; full context kept in the service" : "",
+                 ws.degraded ? "; DEGRADED: the service was unreachable" : "",
                  flushed.ok() ? "" : absl::StrCat("; not flushed: ", flushed.message()).c_str());
   }
   std::printf("\n");

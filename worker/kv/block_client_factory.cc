@@ -6,14 +6,23 @@
 
 namespace kvc {
 
-absl::StatusOr<std::unique_ptr<BlockClient>> MakeBlockClient(const BlockClientOptions& options) {
+absl::Status ValidateBlockClientOptions(const BlockClientOptions& options) {
   const std::string& t = options.transport;
   if (t != "auto" && t != "ucx" && t != "grpc") {
     return absl::InvalidArgumentError(absl::StrCat("block client transport '", t, "' is not ucx|grpc|auto"));
   }
+  if (t == "ucx" && options.ucx.address.empty()) {
+    return absl::InvalidArgumentError("transport 'ucx' needs a UCX address (ucx.address)");
+  }
+  if (options.grpc.address.empty()) return absl::InvalidArgumentError("block client: the gRPC address is empty");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<BlockClient>> MakeBlockClient(const BlockClientOptions& options) {
+  if (absl::Status s = ValidateBlockClientOptions(options); !s.ok()) return s;
+  const std::string& t = options.transport;
   if (t != "grpc") {
     if (options.ucx.address.empty()) {
-      if (t == "ucx") return absl::InvalidArgumentError("transport 'ucx' needs a UCX address (ucx.address)");
       KVC_LOG(kWarning, "block_client_fallback").With("transport", "grpc").With("reason", "UCX is disabled (no UCX address)");
     } else {
       UcxBlockClientOptions uo = options.ucx;

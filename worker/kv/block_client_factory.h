@@ -24,6 +24,10 @@ struct BlockClientOptions {
   UcxBlockClientOptions ucx;
 };
 
+// INVALID_ARGUMENT naming the field: an unknown transport, "ucx" without a
+// UCX address, no gRPC address.
+absl::Status ValidateBlockClientOptions(const BlockClientOptions& options);
+
 absl::StatusOr<std::unique_ptr<BlockClient>> MakeBlockClient(const BlockClientOptions& options);
 
 }  // namespace kvc

@@ -26,6 +26,10 @@ absl::StatusOr<std::shared_ptr<BlockClient>> ResilientBlockClient::Current() {
   absl::MutexLock lock(&mu_);
   if (client_ != nullptr) return client_;
   if (clock_->Now() < next_try_) {
+    if (absl::IsUnauthenticated(last_error_) || absl::IsPermissionDenied(last_error_) ||
+        absl::IsInvalidArgument(last_error_)) {
+      return last_error_;
+    }
     return absl::UnavailableError(absl::StrCat("cache service unreachable (", last_error_.message(), ")"));
   }
   // Made under the lock: one connection attempt at a time.
@@ -33,6 +37,12 @@ absl::StatusOr<std::shared_ptr<BlockClient>> ResilientBlockClient::Current() {
   if (!made.ok()) {
     last_error_ = made.status();
     next_try_ = clock_->Now() + retry_;
+    // A refusal (a bad token, bad options) is not the service being away:
+    // callers must see it for what it is.
+    if (absl::IsUnauthenticated(made.status()) || absl::IsPermissionDenied(made.status()) ||
+        absl::IsInvalidArgument(made.status())) {
+      return made.status();
+    }
     return absl::UnavailableError(absl::StrCat("cache service unreachable: ", made.status().message()));
   }
   client_ = std::shared_ptr<BlockClient>(std::move(*made));

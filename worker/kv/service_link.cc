@@ -15,9 +15,7 @@ namespace kvc {
 absl::StatusOr<std::unique_ptr<ServiceLink>> ServiceLink::Start(const ServiceLinkOptions& options) {
   KVC_RETURN_IF_ERROR(options.sync.Validate());
   KVC_RETURN_IF_ERROR(options.writer.Validate());
-  if (options.client.grpc.address.empty()) {
-    return absl::InvalidArgumentError("cache service: the gRPC address is empty");
-  }
+  KVC_RETURN_IF_ERROR(ValidateBlockClientOptions(options.client));
   std::unique_ptr<ServiceLink> link(new ServiceLink(options));
   const BlockClientOptions client_options = options.client;
   link->client_ = std::make_unique<ResilientBlockClient>([client_options] { return MakeBlockClient(client_options); },
