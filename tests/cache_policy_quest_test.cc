@@ -58,12 +58,7 @@ std::vector<float> RunSteps(model::Transformer& model, int32_t vocab, CachePolic
   return all;
 }
 
-std::vector<int32_t> Tokens(int n, int32_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (int32_t& x : t) x = static_cast<int32_t>(rng() % vocab);
-  return t;
-}
+using testing::RandomTokens;
 
 std::unique_ptr<CachePolicy> Make(const model::ModelConfig& config, const std::string& spec) {
   auto p = MakePolicy(config, spec);
@@ -80,7 +75,7 @@ void ExpectCoveringBudgetsEqualFull(const model::Checkpoint& ckpt, int n, int64_
   auto model = model::Transformer::Create(&ckpt, o);
   ASSERT_TRUE(model.ok()) << model.status();
   const model::ModelConfig& c = ckpt.config();
-  const std::vector<int32_t> tokens = Tokens(n, c.vocab_size, 3);
+  const std::vector<int32_t> tokens = RandomTokens(n, c.vocab_size, 3);
   FullAttention full(c, kernels::DType::kF32);
   const std::vector<float> want = RunSteps(**model, c.vocab_size, full, tokens, prompt);
   for (const std::string& spec : specs) {
@@ -117,7 +112,7 @@ TEST(QuestPolicyTest, SmallBudgetAttendsItsPagesAndDiffers) {
   ASSERT_TRUE(ckpt.ok());
   auto model = model::Transformer::Create(ckpt->get(), model::TransformerOptions{});
   ASSERT_TRUE(model.ok());
-  const std::vector<int32_t> tokens = Tokens(60, 50, 4);
+  const std::vector<int32_t> tokens = RandomTokens(60, 50, 4);
   FullAttention full(SmallConfig(), kernels::DType::kF32);
   const std::vector<float> want = RunSteps(**model, 50, full, tokens, 40);
   auto policy = Make(SmallConfig(), "quest:page=8,budget=24");

@@ -56,12 +56,7 @@ struct Fixture {
   }
 };
 
-std::vector<int32_t> Tokens(int n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (int32_t& x : t) x = static_cast<int32_t>(rng() % SmallConfig().vocab_size);
-  return t;
-}
+std::vector<int32_t> Tokens(int n, uint64_t seed) { return testing::RandomTokens(n, SmallConfig().vocab_size, seed); }
 
 std::unique_ptr<CachePolicy> Make(const std::string& spec) {
   auto p = MakePolicy(SmallConfig(), spec);

@@ -36,12 +36,7 @@ namespace {
 
 model::ModelConfig SmallModel() { return testing::ModelShape(64, 96, 2, 4, 2, 50, /*seq_len=*/512); }
 
-std::vector<int32_t> Tokens(int n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (int32_t& x : t) x = static_cast<int32_t>(rng() % SmallModel().vocab_size);
-  return t;
-}
+std::vector<int32_t> Tokens(int n, uint64_t seed) { return testing::RandomTokens(n, SmallModel().vocab_size, seed); }
 
 KvSyncOptions Sync() {
   KvSyncOptions o;

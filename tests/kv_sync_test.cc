@@ -436,12 +436,7 @@ struct ModelFixture {
   }
 };
 
-std::vector<int32_t> Tokens(int n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (int32_t& x : t) x = static_cast<int32_t>(rng() % SmallModel().vocab_size);
-  return t;
-}
+std::vector<int32_t> Tokens(int n, uint64_t seed) { return testing::RandomTokens(n, SmallModel().vocab_size, seed); }
 
 KvSyncOptions SyncOptions() {
   KvSyncOptions o;

@@ -1,9 +1,11 @@
 // A model shape for tests of the runtime and the cache policies (random
-// weights come from model::Checkpoint::Random).
+// weights come from model::Checkpoint::Random), and random token ids.
 #ifndef KVC_TESTS_MODEL_TEST_UTIL_H_
 #define KVC_TESTS_MODEL_TEST_UTIL_H_
 
 #include <cstdint>
+#include <random>
+#include <vector>
 
 #include "worker/model/checkpoint.h"
 
@@ -20,6 +22,14 @@ inline model::ModelConfig ModelShape(int32_t dim, int32_t hidden, int32_t layers
   c.vocab_size = vocab;
   c.seq_len = seq_len;
   return c;
+}
+
+// n token ids in [0, vocab), the same for the same seed.
+inline std::vector<int32_t> RandomTokens(int n, int32_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(n);
+  for (int32_t& x : t) x = static_cast<int32_t>(rng() % vocab);
+  return t;
 }
 
 }  // namespace kvc::testing

@@ -27,12 +27,7 @@ using kernels::testing::RelErrorByNorm;
 
 using testing::ModelShape;
 
-std::vector<int32_t> RandomTokens(int n, int vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (int32_t& x : t) x = static_cast<int32_t>(rng() % vocab);
-  return t;
-}
+using testing::RandomTokens;
 
 struct Runtime {
   std::unique_ptr<Checkpoint> ckpt;
