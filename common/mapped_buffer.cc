@@ -51,6 +51,15 @@ MappedBuffer& MappedBuffer::operator=(MappedBuffer&& other) noexcept {
   return *this;
 }
 
+size_t MappedBuffer::Discard(size_t offset, size_t bytes) {
+  const size_t page = PageSize();
+  const size_t first = (offset + page - 1) / page * page, last = (offset + bytes) / page * page;
+  if (data_ == nullptr || last <= first) return 0;
+  // Advisory: on failure the pages simply stay resident.
+  if (::madvise(static_cast<uint8_t*>(data_) + first, last - first, MADV_DONTNEED) != 0) return 0;
+  return last - first;
+}
+
 absl::Status MappedBuffer::Resize(size_t bytes) {
   const size_t page = PageSize();
   if (bytes > SIZE_MAX - page) {

@@ -45,6 +45,12 @@ class MappedBuffer {
   size_t size() const { return size_; }
   // Bytes mapped: size() rounded up to the page size.
   size_t mapped_bytes() const { return mapped_; }
+  // Gives the whole pages inside [offset, offset + bytes) back to the
+  // kernel (MADV_DONTNEED): they stop counting as resident and read as
+  // zero until written again. Bytes of the range on pages shared with the
+  // rest of the buffer stay as they are. Returns the bytes given back.
+  // REQUIRES: offset + bytes <= size().
+  size_t Discard(size_t offset, size_t bytes);
 
  private:
   bool huge_pages_ = false;

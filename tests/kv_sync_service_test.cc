@@ -4,6 +4,9 @@
 //   - RefreshKV with its context in the service, after the blocks spilled
 //     from the host tier to RocksDB, equals full attention (and equals
 //     keeping Cf in memory, bit for bit);
+//   - TokenSelect and the combined policy with their values in the service
+//     (fetched back, from RocksDB, when a selection or a full step needs
+//     them) equal keeping them in memory, bit for bit;
 //   - a second request sharing a prefix loads it and equals recomputing it,
 //     bit for bit;
 //   - the service killed and restarted during generation: the worker keeps
@@ -21,8 +24,10 @@
 #include "tests/model_test_util.h"
 #include "tests/server_fixture.h"
 #include "tests/temp_dir.h"
+#include "worker/cache/combined.h"
 #include "worker/cache/policy_factory.h"
 #include "worker/cache/refresh_kv.h"
+#include "worker/cache/token_select.h"
 #include "worker/kv/block_client_factory.h"
 #include "worker/kv/block_writer.h"
 #include "worker/kv/kv_sync.h"
@@ -140,6 +145,43 @@ TEST_P(KvSyncServiceTest, RefreshAfterSpillToRocksDbEqualsFullAttention) {
   ASSERT_TRUE(stats.ok()) << stats.status();
   EXPECT_GT(stats->disk().hits(), 0u);
   EXPECT_GT(stats->host().evictions(), 0u);
+}
+
+TEST_P(KvSyncServiceTest, SelectedTokensFetchedBackFromTheServiceEqualKeepingThemLocal) {
+  auto client = Client();
+  BlockWriterOptions wo;
+  wo.write_through_disk = true;
+  BlockWriter writer(client.get(), wo);
+  for (const std::string spec : {"tokenselect:init=4,k=16,local=8,theta=1",
+                                 "combined:sinks=4,subcaches=2,window=8,k=16,theta=1,refresh=fixed,stride=3"}) {
+    SCOPED_TRACE(spec);
+    auto offloaded = Synced(writer, spec, client.get());
+    ASSERT_TRUE(offloaded->offloaded());
+    auto local = Synced(writer, spec);
+    std::vector<int32_t> ta = Tokens(200, 2);
+    std::vector<int32_t> tb = ta;
+    std::vector<float> a = Run(*offloaded, ta, 0), b = Run(*local, tb, 0);
+    for (int step = 0; step < 24; ++step) {
+      ASSERT_TRUE(writer.Flush(absl::Seconds(20)).ok());
+      a = Step(*offloaded, ta, a);
+      b = Step(*local, tb, b);
+      ASSERT_EQ(a, b) << "step " << step << ": values fetched back differ from values kept in memory";
+    }
+    cache::ColdValueStats cold;
+    if (auto* ts = dynamic_cast<cache::TokenSelectPolicy*>(&offloaded->inner())) {
+      cold = ts->cold_stats();
+      EXPECT_EQ(ts->short_selections(), 0);
+    } else {
+      auto& c = dynamic_cast<cache::Combined&>(offloaded->inner());
+      cold = c.cold_stats();
+      EXPECT_GT(c.full_steps(), 0);
+      EXPECT_EQ(c.refreshes_skipped(), 0);
+      EXPECT_EQ(c.short_selections(), 0);
+    }
+    EXPECT_GT(cold.fetched_blocks, 0);
+    EXPECT_GT(cold.dropped_blocks, 0);
+    EXPECT_EQ(cold.failed_fetches, 0);
+  }
 }
 
 TEST_P(KvSyncServiceTest, PrefixReuseEqualsRecomputing) {

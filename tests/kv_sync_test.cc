@@ -7,6 +7,7 @@
 // kv_sync_service_test.cc.
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <random>
@@ -22,9 +23,11 @@
 #include "gtest/gtest.h"
 #include "kvcache/v1/cache.pb.h"
 #include "tests/model_test_util.h"
+#include "worker/cache/combined.h"
 #include "worker/cache/full_attention.h"
 #include "worker/cache/policy_factory.h"
 #include "worker/cache/refresh_kv.h"
+#include "worker/cache/token_select.h"
 #include "worker/kv/block_codec.h"
 #include "worker/kv/block_writer.h"
 #include "worker/kv/kv_metrics.h"
@@ -652,42 +655,56 @@ TEST(WriteThroughCacheTest, GenerationGoesOnWhileTheServiceIsAwayAndCatchesUp) {
   }
 }
 
-// RefreshKV with its full context in the service: only the hot set and the
-// tokens not yet acknowledged stay local, and every full step rehydrates
-// the layer. Same kernel calls on the same rows: the same logits, bit for
-// bit, as keeping Cf in memory.
-TEST(WriteThroughCacheTest, RefreshKvRehydratedFromTheServiceEqualsKeepingItLocal) {
-  ModelFixture f;
-  FakeService svc;
-  BlockWriter writer(&svc, BlockWriterOptions());
-  const std::string spec = "refreshkv:k=6,stride=3,mode=fixed";
+// Runs `spec` with its context in the service and kept local side by side:
+// a prompt, then `steps` greedy decode steps, letting the writer catch up
+// before each so the part held locally shrinks. Same kernel calls on the
+// same rows: the logits must be the same bit for bit. Returns the
+// offloaded cache; *smallest_resident (if not null) gets the fewest
+// resident tokens seen.
+std::unique_ptr<WriteThroughCache> DecodeSideBySide(ModelFixture& f, FakeService& svc, BlockWriter& writer,
+                                                    const std::string& spec, int prompt_tokens, int steps,
+                                                    int64_t* smallest_resident = nullptr) {
   auto offloaded = Synced(writer, spec, &svc);
-  ASSERT_TRUE(offloaded->offloaded());
+  EXPECT_TRUE(offloaded->offloaded()) << spec;
   auto local = Synced(writer, spec);
-  ASSERT_FALSE(local->offloaded());
-  const std::vector<int32_t> prompt = Tokens(40, 7);
-  // Step by step, letting the writer catch up so the local part shrinks.
+  EXPECT_FALSE(local->offloaded());
+  const std::vector<int32_t> prompt = Tokens(prompt_tokens, 7);
   const int32_t vocab = SmallModel().vocab_size;
   std::vector<int32_t> tokens = prompt;
   std::vector<float> a(vocab), b(vocab);
   offloaded->AppendTokens(prompt);
   local->AppendTokens(prompt);
-  ASSERT_TRUE(f.model->Forward(prompt, 0, *offloaded, a.data()).ok());
-  ASSERT_TRUE(f.model->Forward(prompt, 0, *local, b.data()).ok());
-  ASSERT_EQ(a, b);
-  int64_t smallest_resident = INT64_MAX;
-  for (int step = 0; step < 40; ++step) {
-    ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+  EXPECT_TRUE(f.model->Forward(prompt, 0, *offloaded, a.data()).ok());
+  EXPECT_TRUE(f.model->Forward(prompt, 0, *local, b.data()).ok());
+  EXPECT_EQ(a, b);
+  int64_t fewest = INT64_MAX;
+  for (int step = 0; step < steps; ++step) {
+    EXPECT_TRUE(writer.Flush(absl::Seconds(10)).ok());
     const int32_t next = static_cast<int32_t>(std::max_element(a.begin(), a.end()) - a.begin());
     tokens.push_back(next);
     offloaded->AppendTokens(std::span<const int32_t>(&tokens.back(), 1));
     local->AppendTokens(std::span<const int32_t>(&tokens.back(), 1));
     const int64_t pos = static_cast<int64_t>(tokens.size()) - 1;
-    ASSERT_TRUE(f.model->Forward(absl::MakeConstSpan(&tokens.back(), 1), pos, *offloaded, a.data()).ok());
-    ASSERT_TRUE(f.model->Forward(absl::MakeConstSpan(&tokens.back(), 1), pos, *local, b.data()).ok());
-    ASSERT_EQ(a, b) << "step " << step;
-    smallest_resident = std::min(smallest_resident, offloaded->stats().resident_tokens);
+    const absl::Status sa = f.model->Forward(absl::MakeConstSpan(&tokens.back(), 1), pos, *offloaded, a.data());
+    const absl::Status sb = f.model->Forward(absl::MakeConstSpan(&tokens.back(), 1), pos, *local, b.data());
+    EXPECT_TRUE(sa.ok() && sb.ok()) << sa << " " << sb;
+    EXPECT_EQ(a, b) << spec << " step " << step;
+    if (a != b) break;
+    fewest = std::min(fewest, offloaded->stats().resident_tokens);
   }
+  if (smallest_resident != nullptr) *smallest_resident = fewest;
+  return offloaded;
+}
+
+// RefreshKV with its full context in the service: only the hot set and the
+// tokens not yet acknowledged stay local, and every full step rehydrates
+// the layer.
+TEST(WriteThroughCacheTest, RefreshKvRehydratedFromTheServiceEqualsKeepingItLocal) {
+  ModelFixture f;
+  FakeService svc;
+  BlockWriter writer(&svc, BlockWriterOptions());
+  int64_t smallest_resident = 0;
+  auto offloaded = DecodeSideBySide(f, svc, writer, "refreshkv:k=6,stride=3,mode=fixed", 40, 40, &smallest_resident);
   auto& refresh = dynamic_cast<cache::RefreshKv&>(offloaded->inner());
   EXPECT_GT(refresh.full_steps(), 0);
   EXPECT_GT(refresh.rehydrated_tokens(), 0);
@@ -696,7 +713,80 @@ TEST(WriteThroughCacheTest, RefreshKvRehydratedFromTheServiceEqualsKeepingItLoca
   EXPECT_GT(offloaded->prefetch_hits(), 0);
   // Locally: K = 6 hot tokens plus the last partial block (< 8) at most.
   EXPECT_LE(smallest_resident, 6 + 8);
-  EXPECT_EQ(local->stats().resident_tokens, 80);
+}
+
+// TokenSelect with its values in the service: the keys stay (every
+// selection scores them all), the values of the sinks, the selection and
+// the local window stay, and a new selection fetches its tokens' blocks
+// back. Dropped values read as NaN, so any step that read one would differ.
+TEST(WriteThroughCacheTest, TokenSelectFetchesSelectedValuesBackAndEqualsKeepingThemLocal) {
+  ModelFixture f;
+  FakeService svc;
+  BlockWriter writer(&svc, BlockWriterOptions());
+  auto offloaded = DecodeSideBySide(f, svc, writer, "tokenselect:init=2,k=4,local=4,theta=1", 48, 40);
+  auto& ts = dynamic_cast<cache::TokenSelectPolicy&>(offloaded->inner());
+  const cache::ColdValueStats c = ts.cold_stats();
+  EXPECT_GT(ts.selections(), 0);
+  EXPECT_GT(c.dropped_blocks, 0);
+  EXPECT_GT(c.fetched_blocks, 0);
+  EXPECT_GT(c.fetches, 0);
+  EXPECT_EQ(c.failed_fetches, 0);
+  EXPECT_EQ(ts.short_selections(), 0);
+}
+
+// The combined policy with Cf's values in the service: a new selection
+// fetches its tokens back (to unfold and attend them), a full step the
+// whole layer, with the next layer's transfer started meanwhile.
+TEST(WriteThroughCacheTest, CombinedFetchesEvictedTokensBackAndEqualsKeepingThemLocal) {
+  ModelFixture f;
+  FakeService svc;
+  BlockWriter writer(&svc, BlockWriterOptions());
+  auto offloaded =
+      DecodeSideBySide(f, svc, writer, "combined:sinks=2,subcaches=2,window=4,k=4,theta=1,refresh=fixed,stride=4", 48, 40);
+  auto& combined = dynamic_cast<cache::Combined&>(offloaded->inner());
+  const cache::ColdValueStats c = combined.cold_stats();
+  EXPECT_GT(combined.full_steps(), 0);
+  EXPECT_GT(combined.selections(), 0);
+  EXPECT_GT(c.dropped_blocks, 0);
+  EXPECT_GT(c.fetched_blocks, 0);
+  EXPECT_EQ(c.failed_fetches, 0);
+  EXPECT_EQ(combined.refreshes_skipped(), 0);
+  EXPECT_GT(offloaded->prefetch_hits(), 0);
+}
+
+// Without the service, a selection goes on with the tokens in memory and a
+// full step runs sparse: generation never stops.
+TEST(WriteThroughCacheTest, SelectingPoliciesKeepGeneratingWhenTheServiceCannotReturnValues) {
+  for (const std::string spec : {"tokenselect:init=2,k=4,local=4,theta=1",
+                                 "combined:sinks=2,subcaches=2,window=4,k=4,theta=1,refresh=fixed,stride=2"}) {
+    SCOPED_TRACE(spec);
+    ModelFixture f;
+    FakeService svc;
+    BlockWriter writer(&svc, BlockWriterOptions());
+    auto offloaded = Synced(writer, spec, &svc);
+    const std::vector<int32_t> prompt = Tokens(40, 8);
+    RunSequence(*f.model, *offloaded, prompt, 2);
+    ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+    svc.SetReachable(false);
+    std::vector<float> logits(SmallModel().vocab_size);
+    for (int step = 0; step < 10; ++step) {
+      const int32_t token = step;
+      offloaded->AppendTokens(std::span<const int32_t>(&token, 1));
+      const absl::Status s = f.model->Forward(absl::MakeConstSpan(&token, 1), 42 + step, *offloaded, logits.data());
+      ASSERT_TRUE(s.ok()) << s;
+      for (const float x : logits) ASSERT_TRUE(std::isfinite(x)) << "step " << step;
+    }
+    if (auto* ts = dynamic_cast<cache::TokenSelectPolicy*>(&offloaded->inner())) {
+      EXPECT_GT(ts->short_selections(), 0);
+      EXPECT_EQ(ts->last_cold_error().code(), absl::StatusCode::kUnavailable);
+    } else {
+      auto& c = dynamic_cast<cache::Combined&>(offloaded->inner());
+      EXPECT_GT(c.refreshes_skipped() + c.short_selections(), 0);
+      EXPECT_EQ(c.last_cold_error().code(), absl::StatusCode::kUnavailable);
+    }
+    svc.SetReachable(true);
+    ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+  }
 }
 
 TEST(WriteThroughCacheTest, RefreshKvKeepsGeneratingWhenTheServiceCannotRehydrate) {

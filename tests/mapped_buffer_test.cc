@@ -1,9 +1,14 @@
 #include "common/mapped_buffer.h"
 
+#include <unistd.h>
+
+#include <cmath>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #include "gtest/gtest.h"
+#include "worker/cache/layer_kv.h"
 
 namespace kvc {
 namespace {
@@ -85,6 +90,48 @@ TEST(MappedBufferTest, AnImpossibleSizeIsAnErrorAndKeepsTheBuffer) {
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
   EXPECT_EQ(b.size(), 16u);
   EXPECT_EQ(b.data()[0], 5);
+}
+
+TEST(MappedBufferTest, DiscardGivesBackOnlyWholePagesInsideTheRange) {
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  MappedBuffer b;
+  ASSERT_TRUE(b.Resize(4 * page).ok());
+  std::memset(b.data(), 7, 4 * page);
+  // [page / 2, 3 page + 1): only pages 1 and 2 are wholly inside.
+  EXPECT_EQ(b.Discard(page / 2, 2 * page + page / 2 + 1), 2 * page);
+  EXPECT_EQ(b.data()[page / 2], 7);
+  EXPECT_EQ(b.data()[page - 1], 7);
+  EXPECT_EQ(b.data()[page], 0);
+  EXPECT_EQ(b.data()[3 * page - 1], 0);
+  EXPECT_EQ(b.data()[3 * page], 7);
+  // Less than a page: nothing.
+  EXPECT_EQ(b.Discard(1, page - 1), 0u);
+  EXPECT_EQ(b.data()[1], 7);
+  // Writable again.
+  b.data()[page] = 9;
+  EXPECT_EQ(b.data()[page], 9);
+}
+
+TEST(LayerKvTest, DroppedValuesAreGoneOrNaNAndKeysStay) {
+  // 1 head of dim 100 (400-byte rows: blocks do not line up with pages).
+  cache::LayerKv kv(1, 100, kernels::DType::kF32);
+  ASSERT_TRUE(kv.Reserve(64).ok());
+  std::vector<float> rows(64 * 100, 1.5f);
+  kv.WriteRange(0, 64, rows.data(), rows.data());
+  kv.DropValues(3, 40);
+  const float* k = kv.MutableF32K(0);
+  const float* v = kv.MutableF32V(0);
+  for (int64_t t = 0; t < 64; ++t) {
+    EXPECT_EQ(k[t * 100], 1.5f) << t;
+    const bool dropped = t >= 3 && t < 43;
+    for (int x = 0; x < 100; ++x) {
+      if (dropped) {
+        ASSERT_TRUE(v[t * 100 + x] == 0.0f || std::isnan(v[t * 100 + x])) << t;
+      } else {
+        ASSERT_EQ(v[t * 100 + x], 1.5f) << t;
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #define KVC_WORKER_CACHE_COLD_STORE_H_
 
 #include <cstdint>
+#include <span>
 
 #include "absl/status/status.h"
 
@@ -30,6 +31,14 @@ class ColdKvStore {
     (void)layer;
     (void)n;
   }
+  // The store's unit: tokens [b * block_tokens(), (b + 1) * block_tokens())
+  // are block b. stored_tokens() is a multiple of it.
+  virtual int32_t block_tokens() const = 0;
+  // Writes the rows of blocks `blocks` of `layer` (each below
+  // stored_tokens(layer) / block_tokens()), one after the other in the
+  // order given, into k and v ([blocks.size() * block_tokens()][Hkv][D]
+  // each). Errors as Fetch.
+  virtual absl::Status FetchBlocks(int32_t layer, std::span<const int64_t> blocks, float* k, float* v) = 0;
 };
 
 }  // namespace kvc::cache

@@ -136,6 +136,17 @@ absl::Status Combined::Attend(const k::ExecContext& ctx, const model::AttendArgs
     for (float& x : query_mean_) x /= static_cast<float>(hq);
     full = layer.scheduler.NextStepIsFull(query_mean_);
   }
+  if (full && !cold_.empty()) {
+    // Rehydrate Cf's values; the next layer's transfer starts meanwhile (it
+    // is likely full too). A store that cannot answer makes this step sparse.
+    if (a.layer + 1 < config_.n_layers) cold_[a.layer + 1].Prefetch();
+    const absl::Status s = cold_[a.layer].EnsureAll(layer.pool);
+    if (!s.ok()) {
+      ++refreshes_skipped_;
+      last_cold_error_ = s;
+      full = false;
+    }
+  }
   int64_t pairs = 0;
   if (full) {
     KVC_RETURN_IF_ERROR(FullAttend(ctx, a, layer));
@@ -145,10 +156,29 @@ absl::Status Combined::Attend(const k::ExecContext& ctx, const model::AttendArgs
     KVC_RETURN_IF_ERROR(SparseAttend(ctx, a, layer));
     pairs = n * static_cast<int64_t>(own_pos_.empty() ? 0 : own_pos_.front()) + n * (n + 1) / 2;
   }
+  // Decode: the values of the selection stay (the next step reads them
+  // unless it selects anew); those of the rest of what the store holds go.
+  if (!cold_.empty() && n == 1) cold_[a.layer].Trim(layer.pool, layer.length, layer.selected);
   if (a.layer == 0) stats_.attended_last_step = 0;
   stats_.attended_last_step += pairs;
   stats_.attended_total += pairs;
   return absl::OkStatus();
+}
+
+absl::Status Combined::SetColdStore(ColdKvStore* cold) {
+  for (const Layer& l : layers_) {
+    if (l.length > 0) return absl::FailedPreconditionError("combined: cold store set after the first token");
+  }
+  cold_.clear();
+  if (cold == nullptr) return absl::OkStatus();
+  for (int32_t l = 0; l < config_.n_layers; ++l) cold_.emplace_back(cold, l);
+  return absl::OkStatus();
+}
+
+ColdValueStats Combined::cold_stats() const {
+  ColdValueStats s;
+  for (const ColdValues& c : cold_) s += c.stats();
+  return s;
 }
 
 absl::Status Combined::Fingerprint(const k::ExecContext& ctx, const float* q, int64_t num_q) {
@@ -197,6 +227,21 @@ absl::Status Combined::Select(const k::ExecContext& ctx, const model::AttendArgs
     s.selected = next_.data();
     KVC_RETURN_IF_ERROR(k::TokenSelect(ctx, s));
     for (int32_t& c : next_) c = candidates_[c];
+  }
+  if (!cold_.empty()) {
+    // The values of the tokens coming into S (unfolded, then attended).
+    coming_.clear();
+    std::set_difference(next_.begin(), next_.end(), layer.selected.begin(), layer.selected.end(),
+                        std::back_inserter(coming_));
+    const int32_t l = static_cast<int32_t>(&layer - layers_.data());
+    if (const absl::Status s = cold_[l].Ensure(layer.pool, coming_); !s.ok()) {
+      // Without the store: those not in memory stay out of S (in the LESS
+      // state, as any evicted token nobody selected).
+      ++short_selections_;
+      last_cold_error_ = s;
+      next_.erase(std::remove_if(next_.begin(), next_.end(), [&](int32_t t) { return !cold_[l].Resident(t); }),
+                  next_.end());
+    }
   }
   KVC_RETURN_IF_ERROR(ChangeSelection(ctx, layer, next_));
   layer.selection_cache.Store(qbar_, layer.selected);
@@ -590,6 +635,7 @@ PolicyStats Combined::stats() const {
                         l.store.v.size() + (l.store.scores.size() + l.store.positions.size()) * 4 +
                         (l.less_h.size() + l.less_z.size()) * sizeof(float);
   }
+  s.resident_bytes -= std::min(s.resident_bytes, cold_stats().dropped_bytes);  // values given back
   s.resident_tokens = k::CascadeStoredTokens(cascade_, s.tokens_seen) + selected;
   return s;
 }

@@ -2,8 +2,12 @@
 // a LESS state for what the cascade evicts, TokenSelect over the rest of the
 // context, and RefreshKV refreshes. Per layer:
 //
-//  - Pool Cf: every token's pre-RoPE KV (slot t = token t; in this process
-//    the host copy of what the cache service holds).
+//  - Pool Cf: every token's pre-RoPE KV (slot t = token t). With a cold
+//    store (the cache service), only the keys and the values a step reads
+//    (the selection, the tokens not yet acknowledged) stay in memory; a
+//    new selection and a full step fetch the values they need back
+//    (cold_values.h). A step whose fetch fails goes on without them: a
+//    selection keeps the tokens in memory, a full step becomes sparse.
 //  - Hot set H_h per KV head: the cascading cache (sinks + C sub-caches,
 //    ALGORITHMS.md §1), pushed every token, its EMA scores updated from
 //    every step's attention. E_h = the tokens H_h has evicted.
@@ -67,6 +71,7 @@
 #include "kernels/less.h"
 #include "kernels/token_select.h"
 #include "worker/cache/cascading.h"
+#include "worker/cache/cold_values.h"
 #include "worker/cache/layer_kv.h"
 #include "worker/cache/less.h"
 #include "worker/cache/policy.h"
@@ -130,6 +135,16 @@ class Combined : public CachePolicy {
   int64_t selections() const { return selections_; }
   int64_t selection_hits() const { return selection_hits_; }
 
+  // Keeps Cf's values in `cold` (the class comment). Before the first token.
+  absl::Status SetColdStore(ColdKvStore* cold) override;
+  // With a cold store: what was fetched back and dropped (all layers);
+  // full steps that ran sparse and selections that went without tokens
+  // because the store could not answer, and its last error.
+  ColdValueStats cold_stats() const;
+  int64_t refreshes_skipped() const { return refreshes_skipped_; }
+  int64_t short_selections() const { return short_selections_; }
+  const absl::Status& last_cold_error() const { return last_cold_error_; }
+
  private:
   struct Layer {
     explicit Layer(const model::ModelConfig& config, const CombinedOptions& options);
@@ -180,10 +195,13 @@ class Combined : public CachePolicy {
   kernels::FeatureMapWeights map_;
   std::vector<Layer> layers_;
   int64_t full_steps_ = 0, selections_ = 0, selection_hits_ = 0;
+  std::vector<ColdValues> cold_;  // [L] with a cold store, else empty
+  int64_t refreshes_skipped_ = 0, short_selections_ = 0;
+  absl::Status last_cold_error_;
   // Scratch.
   std::vector<int32_t> gather_ptr_, gather_idx_, gather_pos_;  // CascadeGather (original positions)
   std::vector<int32_t> hot_ptr_, hot_idx_, hot_pos_, sel_ptr_, sel_idx_, sel_pos_, own_idx_, own_pos_;
-  std::vector<int32_t> candidates_, next_, orig_pos_, fold_count_, sel_count_, order_;
+  std::vector<int32_t> candidates_, next_, coming_, orig_pos_, fold_count_, sel_count_, order_;
   std::vector<float> qbar_, query_mean_, parts_out_, parts_lse_, merged_out_, merged_lse_, chunk_scores_,
       full_scores_, raw_scores_, pooled_;
   std::vector<uint8_t> fold_k_, fold_v_;

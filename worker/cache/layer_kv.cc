@@ -1,5 +1,7 @@
 #include "worker/cache/layer_kv.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <utility>
 #include <cstring>
@@ -128,6 +130,36 @@ void LayerKv::Shrink(int64_t slots) {
   k_.Resize(bytes).IgnoreError();
   v_.Resize(bytes).IgnoreError();
   capacity_ = slots;
+}
+
+size_t LayerKv::DropValues(int64_t first, int64_t n) {
+  if (n <= 0) return 0;
+  const size_t elem = kernels::DTypeSize(dtype_), row_bytes = row_elems_ * elem;
+  const size_t begin = static_cast<size_t>(first) * row_bytes, bytes = static_cast<size_t>(n) * row_bytes;
+  const size_t given = v_.Discard(begin, bytes);
+  // The bytes on pages kept (the range's ends): NaN in every dtype (all
+  // exponent and top mantissa bits set, per element).
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t whole_begin = (begin + page - 1) / page * page;
+  const size_t whole_end = given == 0 ? whole_begin : whole_begin + given;
+  const auto poison = [&](size_t from, size_t to) {
+    for (size_t at = from; at + elem <= to; at += elem) {
+      if (elem == 4) {
+        const uint32_t nan = 0x7fc00000u;
+        std::memcpy(v_.data() + at, &nan, 4);
+      } else {
+        const uint16_t nan = dtype_ == kernels::DType::kBF16 ? 0x7fc0u : 0x7e00u;
+        std::memcpy(v_.data() + at, &nan, 2);
+      }
+    }
+  };
+  if (given == 0) {
+    poison(begin, begin + bytes);
+  } else {
+    poison(begin, whole_begin);
+    poison(whole_end, begin + bytes);
+  }
+  return given;
 }
 
 kernels::KvPool LayerKv::Pool(int64_t slots) const {

@@ -54,6 +54,11 @@ class LayerKv {
   // Frees every slot from `slots` on (keeps the first `slots`); no-op when
   // capacity() <= slots.
   void Shrink(int64_t slots);
+  // Drops the values of slots [first, first + n): their whole pages go back
+  // to the kernel, the rest of their bytes are set to NaN (so reading a
+  // dropped value is loud). Keys stay. Returns the bytes given back.
+  // REQUIRES: first + n <= capacity().
+  size_t DropValues(int64_t first, int64_t n);
 
   // The pool over every allocated slot, or over the first `slots` only (so
   // that per-slot arrays indexed [h * num_slots + slot] may be that short).

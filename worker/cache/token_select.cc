@@ -1,5 +1,6 @@
 #include "worker/cache/token_select.h"
 
+#include <algorithm>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -37,6 +38,22 @@ absl::StatusOr<std::unique_ptr<TokenSelectPolicy>> TokenSelectPolicy::Create(con
   return std::unique_ptr<TokenSelectPolicy>(new TokenSelectPolicy(config, options));
 }
 
+absl::Status TokenSelectPolicy::SetColdStore(ColdKvStore* cold) {
+  for (const int64_t n : length_) {
+    if (n > 0) return absl::FailedPreconditionError("tokenselect: cold store set after the first token");
+  }
+  cold_.clear();
+  if (cold == nullptr) return absl::OkStatus();
+  for (int32_t l = 0; l < config_.n_layers; ++l) cold_.emplace_back(cold, l);
+  return absl::OkStatus();
+}
+
+ColdValueStats TokenSelectPolicy::cold_stats() const {
+  ColdValueStats s;
+  for (const ColdValues& c : cold_) s += c.stats();
+  return s;
+}
+
 std::string TokenSelectPolicy::name() const {
   return absl::StrCat("tokenselect(init=", options_.n_init, ",k=", options_.k, ",local=", options_.n_local, ")");
 }
@@ -63,6 +80,7 @@ absl::Status TokenSelectPolicy::Attend(const k::ExecContext& ctx, const model::A
     std::iota(slots_.begin(), slots_.end(), 0);
     positions_ = slots_;
     selection_cache_[a.layer].Clear();
+    if (!cold_.empty()) KVC_RETURN_IF_ERROR(cold_[a.layer].EnsureAll(kv));  // nothing is dropped this early
   } else {
     // Candidates [n_init, past - n_local): pick k by the soft vote.
     const int32_t hq = config_.n_heads, d = config_.head_dim();
@@ -97,7 +115,20 @@ absl::Status TokenSelectPolicy::Attend(const k::ExecContext& ctx, const model::A
       ++selections_;
     }
     for (int32_t i = 0; i < options_.n_init; ++i) slots_.push_back(i);
-    slots_.insert(slots_.end(), cache.selection().begin(), cache.selection().end());
+    const std::vector<int32_t>& selection = cache.selection();
+    absl::Status fetched = absl::OkStatus();
+    if (!cold_.empty()) fetched = cold_[a.layer].Ensure(kv, selection);
+    if (fetched.ok()) {
+      slots_.insert(slots_.end(), selection.begin(), selection.end());
+    } else {
+      // The store cannot return them now: this step attends the selected
+      // tokens that are in memory (the next step tries again).
+      ++short_selections_;
+      last_cold_error_ = fetched;
+      for (const int32_t t : selection) {
+        if (cold_[a.layer].Resident(t)) slots_.push_back(t);
+      }
+    }
     for (int64_t i = past - options_.n_local; i < past + n; ++i) slots_.push_back(static_cast<int32_t>(i));
     positions_.resize(slots_.size());
     std::iota(positions_.begin(), positions_.end(), 0);
@@ -108,6 +139,17 @@ absl::Status TokenSelectPolicy::Attend(const k::ExecContext& ctx, const model::A
   KVC_RETURN_IF_ERROR(
       AttendCausal(ctx, config_, a, pool, slots_.data(), positions_.data(), count, query_positions_.data()));
   past += n;
+  if (!cold_.empty() && n == 1 && past > budget) {
+    // Decode: keep the values the next step reads unless it selects anew
+    // (the sinks, the selection, the local window), drop the rest of what
+    // the store holds.
+    const std::vector<int32_t>& selection = selection_cache_[a.layer].selection();
+    keep_.clear();
+    for (int32_t i = 0; i < options_.n_init; ++i) keep_.push_back(i);
+    keep_.insert(keep_.end(), selection.begin(), selection.end());
+    for (int64_t t = std::max<int64_t>(0, past - options_.n_local); t < past; ++t) keep_.push_back(static_cast<int32_t>(t));
+    cold_[a.layer].Trim(kv, past, keep_);
+  }
 
   if (a.layer == 0) stats_.attended_last_step = 0;
   const int64_t pairs = n * (count - n) + n * (n + 1) / 2;
@@ -124,6 +166,11 @@ PolicyStats TokenSelectPolicy::stats() const {
   s.resident_tokens = s.tokens_seen;
   s.resident_bytes = 0;
   for (int32_t l = 0; l < config_.n_layers; ++l) s.resident_bytes += length_[l] * layers_[l].slot_bytes();
+  if (!cold_.empty()) {
+    // Without the values given back to the kernel.
+    const ColdValueStats c = cold_stats();
+    s.resident_bytes -= std::min(s.resident_bytes, c.dropped_bytes);
+  }
   return s;
 }
 

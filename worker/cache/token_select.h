@@ -1,6 +1,7 @@
 // TokenSelect (ALGORITHMS.md §2) as a policy: every token's KV stays in the
-// pool (here in host memory; with the cache service, the pool is what the
-// service holds), and each chunk of queries, per layer, attends the first
+// pool (in host memory; with a cold store, the cache service, only the keys
+// stay and the values of acknowledged blocks come back when a selection
+// picks one of their tokens: cold_values.h), and each chunk of queries, per layer, attends the first
 // n_init tokens, the k past tokens with the highest per-head soft-vote
 // score, the last n_local tokens and the chunk itself, at compact positions
 // (the j-th attended key at position j). While the past is no larger than
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "kernels/token_select.h"
+#include "worker/cache/cold_values.h"
 #include "worker/cache/layer_kv.h"
 #include "worker/cache/policy.h"
 #include "worker/model/checkpoint.h"
@@ -45,6 +47,16 @@ class TokenSelectPolicy : public CachePolicy {
   // Chunks that reused the previous selection / chose a new one, all layers.
   int64_t cache_hits() const { return hits_; }
   int64_t selections() const { return selections_; }
+  // Keeps only the keys and the values a step needs in memory; the rest of
+  // the values is fetched back from `cold` when selected. Before the first
+  // token only.
+  absl::Status SetColdStore(ColdKvStore* cold) override;
+  // With a cold store: what was fetched back and dropped, all layers, and
+  // the steps that went on without selected tokens the store could not
+  // return (the last such error).
+  ColdValueStats cold_stats() const;
+  int64_t short_selections() const { return short_selections_; }
+  const absl::Status& last_cold_error() const { return last_cold_error_; }
 
  private:
   TokenSelectPolicy(const model::ModelConfig& config, const TokenSelectOptions& options);
@@ -54,9 +66,12 @@ class TokenSelectPolicy : public CachePolicy {
   std::vector<LayerKv> layers_;
   std::vector<int64_t> length_;  // tokens in the pool, per layer
   std::vector<kernels::SelectionCache> selection_cache_;
+  std::vector<ColdValues> cold_;  // [L] with a cold store, else empty
+  int64_t short_selections_ = 0;
+  absl::Status last_cold_error_;
   // Scratch.
   std::vector<float> qbar_;
-  std::vector<int32_t> selected_, slots_, positions_, query_positions_;
+  std::vector<int32_t> selected_, slots_, positions_, query_positions_, keep_;
   int64_t hits_ = 0, selections_ = 0;
   PolicyStats stats_;
 };

@@ -187,6 +187,20 @@ absl::Status WriteThroughCache::Fetch(int32_t layer, int64_t n, float* k, float*
   return FetchKeys(layer, LayerKeys(layer, n / bt), k, v);
 }
 
+absl::Status WriteThroughCache::FetchBlocks(int32_t layer, std::span<const int64_t> blocks, float* k, float* v) {
+  if (reader_ == nullptr) return absl::FailedPreconditionError("write-through: no reader to fetch blocks with");
+  const int64_t stored = stored_tokens(layer) / options_.block_tokens;
+  fetch_keys_.clear();
+  for (const int64_t b : blocks) {
+    if (b < 0 || b >= stored) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("write-through: block ", b, " of layer ", layer, " is not stored (", stored, " blocks are)"));
+    }
+    fetch_keys_.push_back(KvBlockKey(options_, layer, hashes_[b]));
+  }
+  return FetchKeys(layer, fetch_keys_, k, v);
+}
+
 WriteThroughCache::~WriteThroughCache() {
   for (std::unique_ptr<Pending>& p : pending_) {
     if (p != nullptr && p->thread.joinable()) p->thread.join();

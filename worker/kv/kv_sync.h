@@ -69,6 +69,8 @@ class WriteThroughCache : public cache::CachePolicy, public cache::ColdKvStore {
   // Starts fetching on a thread of its own; the matching Fetch takes the
   // result. One prefetch at a time: a new one drops an unused earlier one.
   void Prefetch(int32_t layer, int64_t n) override;
+  int32_t block_tokens() const override { return options_.block_tokens; }
+  absl::Status FetchBlocks(int32_t layer, std::span<const int64_t> blocks, float* k, float* v) override;
   // Fetches that a Prefetch had started (all of it or part of it).
   int64_t prefetch_hits() const { return prefetch_hits_; }
   ~WriteThroughCache() override;
