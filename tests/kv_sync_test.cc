@@ -395,6 +395,7 @@ TEST(KvMetricsTest, ReportDegradedModeAndTheWriterCounts) {
   metrics.CountPrefixLookup(128);
   metrics.CountPrefixLookup(0);
   metrics.CountRefreshes(4096, 2);
+  metrics.CountFetchedBack(17, 3);
   auto m = metrics.Collect();
   EXPECT_EQ(Metric(m, "kvc_worker_write_through_blocks_total", "stored"), 3);
   EXPECT_EQ(Metric(m, "kvc_worker_cache_service_degraded"), 0);
@@ -402,6 +403,8 @@ TEST(KvMetricsTest, ReportDegradedModeAndTheWriterCounts) {
   EXPECT_EQ(Metric(m, "kvc_worker_prefix_lookups_total", "miss"), 1);
   EXPECT_EQ(Metric(m, "kvc_worker_prefix_tokens_loaded_total"), 128);
   EXPECT_EQ(Metric(m, "kvc_worker_rehydrated_tokens_total"), 4096);
+  EXPECT_EQ(Metric(m, "kvc_worker_fetched_back_blocks_total"), 17);
+  EXPECT_EQ(Metric(m, "kvc_worker_short_selections_total"), 3);
   svc.SetReachable(false);
   ASSERT_TRUE(w.Submit(Blob(9)).ok());
   for (int tries = 0; tries < 1000 && !w.degraded(); ++tries) absl::SleepFor(absl::Milliseconds(2));
@@ -557,6 +560,37 @@ TEST(WriteThroughCacheTest, APrefixLoadedFromTheServiceEqualsRecomputingIt) {
   ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
 }
 
+// A sparse policy's KV of layers past the first is not full attention's for
+// the same tokens: blocks are shared only between sequences whose KV was
+// computed the same way (kv_origin), never across.
+TEST(WriteThroughCacheTest, BlocksAreSharedOnlyBetweenSequencesOfTheSameKvOrigin) {
+  ModelFixture f;
+  FakeService svc;
+  BlockWriter writer(&svc, BlockWriterOptions());
+  const std::vector<int32_t> prompt = Tokens(33, 21);
+  auto sparse = Synced(writer, "cascading:budget=12");
+  RunSequence(*f.model, *sparse, prompt, 0);
+  ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+  EXPECT_EQ(*CachedPrefixTokens(svc, SyncOptions(), SmallModel(), sparse->kv_origin(), prompt, 1), 32);
+  EXPECT_EQ(*CachedPrefixTokens(svc, SyncOptions(), SmallModel(), "dense", prompt, 1), 0);
+  EXPECT_EQ(*CachedPrefixTokens(svc, SyncOptions(), SmallModel(), "cascading:budget=16", prompt, 1), 0);
+  // Full attention finds nothing to load, writes its own, then finds those.
+  auto dense = Synced(writer);
+  EXPECT_EQ(dense->kv_origin(), "dense");
+  absl::StatusOr<PrefixLoad> load = LoadCachedPrefix(svc, SyncOptions(), SmallModel(), prompt, dense->inner());
+  ASSERT_TRUE(load.ok());
+  EXPECT_EQ(load->tokens, 0);
+  RunSequence(*f.model, *dense, prompt, 0);
+  ASSERT_TRUE(writer.Flush(absl::Seconds(10)).ok());
+  auto again = Synced(writer);
+  load = LoadCachedPrefix(svc, SyncOptions(), SmallModel(), prompt, again->inner());
+  ASSERT_TRUE(load.ok());
+  EXPECT_EQ(load->tokens, 32);
+  // Dense blocks chain from the all-zero parent, as every client computes.
+  EXPECT_EQ(dense->hashes(), PrefixHashes(prompt, SyncOptions().block_tokens));
+  EXPECT_NE(sparse->hashes(), dense->hashes());
+}
+
 // Streamed: each layer's blocks load when the rest of the prompt reaches it.
 TEST(WriteThroughCacheTest, AStreamedPrefixEqualsRecomputingAndABadBlockFailsItsLayer) {
   ModelFixture f;
@@ -566,7 +600,7 @@ TEST(WriteThroughCacheTest, AStreamedPrefixEqualsRecomputingAndABadBlockFailsIts
   const std::vector<int32_t>& b = shared.b;
   WriteThroughCache* first = shared.a.get();
 
-  absl::StatusOr<int64_t> cached = CachedPrefixTokens(svc, SyncOptions(), SmallModel(), b, /*align=*/16);
+  absl::StatusOr<int64_t> cached = CachedPrefixTokens(svc, SyncOptions(), SmallModel(), "dense", b, /*align=*/16);
   ASSERT_TRUE(cached.ok());
   EXPECT_EQ(*cached, 32);
   auto streamed = Synced(writer, "full", &svc);

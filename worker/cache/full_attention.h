@@ -23,6 +23,7 @@ class FullAttention : public CachePolicy {
   absl::Status Load(int32_t layer, int64_t first_position, int64_t n, const float* k, const float* v) override;
   // An empty fp32 layer takes the buffers as its KV (no copy).
   absl::Status AdoptPrefix(int32_t layer, int64_t n, MappedBuffer k, MappedBuffer v) override;
+  std::string kv_origin() const override { return "dense"; }
   std::string name() const override { return "full"; }
   PolicyStats stats() const override;
   size_t bytes_per_token() const override { return layers_.front().slot_bytes() * layers_.size(); }

@@ -46,6 +46,12 @@ struct PolicyStats {
 class CachePolicy : public model::AttentionCache {
  public:
   virtual std::string name() const = 0;
+  // What computed this sequence's KV, for sharing it through the cache
+  // service: blocks are shared only between sequences of the same origin
+  // (worker/kv/block_codec.h ChainRoot). "dense" for exact attention; a
+  // policy whose attention is not exact gives its name, parameters
+  // included, since from the second layer on its KV differs.
+  virtual std::string kv_origin() const { return name(); }
   virtual PolicyStats stats() const = 0;
   // Upper bound on the bytes one more token can add (all layers): what the
   // cache manager reserves before a chunk is attended.

@@ -73,10 +73,16 @@ absl::Status KvBlockShape::Validate() const {
   return absl::OkStatus();
 }
 
-std::vector<Hash128> PrefixHashes(std::span<const int32_t> tokens, int32_t block_tokens) {
+Hash128 ChainRoot(std::string_view kv_origin) {
+  if (kv_origin == "dense") return Hash128{};
+  std::vector<int32_t> bytes(kv_origin.begin(), kv_origin.end());
+  return ChainHash(Hash128{}, bytes);
+}
+
+std::vector<Hash128> PrefixHashes(std::span<const int32_t> tokens, int32_t block_tokens, const Hash128& root) {
   std::vector<Hash128> hashes;
   if (block_tokens <= 0) return hashes;
-  Hash128 parent;
+  Hash128 parent = root;
   for (size_t b = 0; (b + 1) * static_cast<size_t>(block_tokens) <= tokens.size(); ++b) {
     parent = ChainHash(parent, tokens.subspan(b * block_tokens, block_tokens));
     hashes.push_back(parent);

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -41,9 +42,17 @@ struct KvBlockShape {
   absl::Status Validate() const;
 };
 
+// The parent of a sequence's first block for KV computed by `kv_origin`
+// (cache::CachePolicy::kv_origin): all zero for "dense" (full attention,
+// the chain every client computes), else the chained hash of the origin's
+// bytes. So a sequence loads and rehydrates only KV computed the way its
+// own policy computes it: a sparse policy's KV of layers past the first
+// differs from full attention's for the same tokens.
+Hash128 ChainRoot(std::string_view kv_origin);
+
 // The chained hash of every whole block of `tokens` (a partial last block
-// has none): hashes[i] covers tokens [0, (i + 1) * block_tokens).
-std::vector<Hash128> PrefixHashes(std::span<const int32_t> tokens, int32_t block_tokens);
+// has none) from `root`: hashes[i] covers tokens [0, (i + 1) * block_tokens).
+std::vector<Hash128> PrefixHashes(std::span<const int32_t> tokens, int32_t block_tokens, const Hash128& root = {});
 
 // The serialized block of `block_tokens` tokens at original positions
 // first_position, first_position + 1, ...; k and v are fp32 rows

@@ -59,6 +59,12 @@ std::vector<prometheus::MetricFamily> KvMetrics::Collect() const {
          MetricType::Counter, static_cast<double>(rehydrated_.load()));
   single("kvc_worker_refreshes_skipped_total", "Refresh steps that ran on the hot set because the service was away.",
          MetricType::Counter, static_cast<double>(skipped_.load()));
+  single("kvc_worker_fetched_back_blocks_total",
+         "Blocks of values fetched back from the cache service by selections and full steps.", MetricType::Counter,
+         static_cast<double>(fetched_back_.load()));
+  single("kvc_worker_short_selections_total",
+         "Selections that went on without tokens the cache service could not return.", MetricType::Counter,
+         static_cast<double>(short_selections_.load()));
   return out;
 }
 

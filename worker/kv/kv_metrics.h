@@ -11,6 +11,8 @@
 //   kvc_worker_prefix_tokens_loaded_total           counter
 //   kvc_worker_rehydrated_tokens_total              counter (tokens fetched back by refreshes)
 //   kvc_worker_refreshes_skipped_total              counter (refreshes the service could not serve)
+//   kvc_worker_fetched_back_blocks_total            counter (blocks of values a selection or full step fetched back)
+//   kvc_worker_short_selections_total               counter (selections that went without tokens the service could not return)
 #ifndef KVC_WORKER_KV_KV_METRICS_H_
 #define KVC_WORKER_KV_KV_METRICS_H_
 
@@ -40,11 +42,17 @@ class KvMetrics : public prometheus::Collectable {
     skipped_.fetch_add(static_cast<uint64_t>(skipped));
   }
 
+  void CountFetchedBack(int64_t blocks, int64_t short_selections) {
+    fetched_back_.fetch_add(static_cast<uint64_t>(blocks));
+    short_selections_.fetch_add(static_cast<uint64_t>(short_selections));
+  }
+
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
   const BlockWriter* writer_;
-  std::atomic<uint64_t> prefix_hits_{0}, prefix_misses_{0}, prefix_tokens_{0}, rehydrated_{0}, skipped_{0};
+  std::atomic<uint64_t> prefix_hits_{0}, prefix_misses_{0}, prefix_tokens_{0}, rehydrated_{0}, skipped_{0},
+      fetched_back_{0}, short_selections_{0};
 };
 
 }  // namespace kvc

@@ -54,6 +54,7 @@ WriteThroughCache::WriteThroughCache(const model::ModelConfig& config, std::uniq
       staging_(config.n_layers),
       reader_(reader),
       acks_(std::make_shared<Acks>()) {
+  root_ = ChainRoot(inner_->kv_origin());
   for (Staging& s : staging_) {
     s.k.resize(static_cast<size_t>(shape_.elements()));
     s.v.resize(static_cast<size_t>(shape_.elements()));
@@ -279,7 +280,7 @@ void WriteThroughCache::AppendTokens(std::span<const int32_t> tokens) {
   for (const int32_t t : tokens) {
     tokens_.push_back(t);
     if (tokens_.size() % static_cast<size_t>(bt) == 0) {
-      const Hash128 parent = hashes_.empty() ? Hash128{} : hashes_.back();
+      const Hash128 parent = hashes_.empty() ? root_ : hashes_.back();
       hashes_.push_back(ChainHash(parent, std::span<const int32_t>(tokens_).last(static_cast<size_t>(bt))));
     }
   }
@@ -334,13 +335,14 @@ absl::Status WriteThroughCache::Attend(const kernels::ExecContext& ctx, const mo
 }
 
 absl::StatusOr<int64_t> CachedPrefixTokens(BlockClient& client, const KvSyncOptions& options,
-                                           const model::ModelConfig& config, std::span<const int32_t> prompt,
-                                           int64_t align) {
+                                           const model::ModelConfig& config, std::string_view kv_origin,
+                                           std::span<const int32_t> prompt, int64_t align) {
   KVC_RETURN_IF_ERROR(options.Validate());
   if (align <= 0) return absl::InvalidArgumentError(absl::StrCat("prefix load: align must be > 0, got ", align));
   if (prompt.size() < 2) return 0;
   // At least the last token runs through the model.
-  const std::vector<Hash128> hashes = PrefixHashes(prompt.first(prompt.size() - 1), options.block_tokens);
+  const std::vector<Hash128> hashes =
+      PrefixHashes(prompt.first(prompt.size() - 1), options.block_tokens, ChainRoot(kv_origin));
   if (hashes.empty()) return 0;
   std::vector<uint32_t> layers(config.n_layers);
   for (int32_t l = 0; l < config.n_layers; ++l) layers[l] = static_cast<uint32_t>(l);
@@ -358,10 +360,12 @@ absl::StatusOr<PrefixLoad> LoadCachedPrefix(BlockClient& client, const KvSyncOpt
                                             cache::CachePolicy& policy, int64_t align) {
   PrefixLoad load;
   if (!policy.loads_prefix()) return load;  // it must run its prompt through the model
-  KVC_ASSIGN_OR_RETURN(const int64_t cached_tokens, CachedPrefixTokens(client, options, config, prompt, align));
+  const std::string origin = policy.kv_origin();
+  KVC_ASSIGN_OR_RETURN(const int64_t cached_tokens, CachedPrefixTokens(client, options, config, origin, prompt, align));
   int64_t blocks = cached_tokens / options.block_tokens;
   if (blocks == 0) return load;
-  const std::vector<Hash128> hashes = PrefixHashes(prompt.first(static_cast<size_t>(cached_tokens)), options.block_tokens);
+  const std::vector<Hash128> hashes =
+      PrefixHashes(prompt.first(static_cast<size_t>(cached_tokens)), options.block_tokens, ChainRoot(origin));
 
   // Fetch every layer's blocks, keeping the leading run that arrived intact.
   const KvBlockShape shape = options.Shape(config);

@@ -12,6 +12,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -102,6 +103,7 @@ class WriteThroughCache : public cache::CachePolicy, public cache::ColdKvStore {
   // sequence must start anew without the prefix.
   absl::Status StreamPrefix(int64_t tokens);
   std::string name() const override { return inner_->name(); }
+  std::string kv_origin() const override { return inner_->kv_origin(); }
   cache::PolicyStats stats() const override { return inner_->stats(); }
   size_t bytes_per_token() const override { return inner_->bytes_per_token(); }
   int64_t max_resident_tokens() const override { return inner_->max_resident_tokens(); }
@@ -136,6 +138,7 @@ class WriteThroughCache : public cache::CachePolicy, public cache::ColdKvStore {
   KvSyncOptions options_;
   KvBlockShape shape_;
   std::vector<int32_t> tokens_;
+  Hash128 root_;                 // ChainRoot(inner_->kv_origin())
   std::vector<Hash128> hashes_;  // of every whole block of tokens_
   std::vector<Staging> staging_;  // per layer
   int64_t blocks_written_ = 0;
@@ -198,9 +201,10 @@ struct PrefixLoad {
 // How many leading tokens of `prompt` (whole blocks, a multiple of `align`,
 // leaving the last token) the service holds for every layer, by Lookup:
 // 0 when none or when the service cannot answer.
+// Only blocks of KV computed by `kv_origin` count (block_codec.h ChainRoot).
 absl::StatusOr<int64_t> CachedPrefixTokens(BlockClient& client, const KvSyncOptions& options,
-                                           const model::ModelConfig& config, std::span<const int32_t> prompt,
-                                           int64_t align);
+                                           const model::ModelConfig& config, std::string_view kv_origin,
+                                           std::span<const int32_t> prompt, int64_t align);
 
 absl::StatusOr<PrefixLoad> LoadCachedPrefix(BlockClient& client, const KvSyncOptions& options,
                                             const model::ModelConfig& config, std::span<const int32_t> prompt,

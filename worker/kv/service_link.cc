@@ -8,7 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "cachesvc/cached_block.h"
 #include "common/status_macros.h"
+#include "worker/cache/combined.h"
 #include "worker/cache/refresh_kv.h"
+#include "worker/cache/token_select.h"
 
 namespace kvc {
 
@@ -49,7 +51,7 @@ absl::StatusOr<PrefixLoad> ServiceLink::LoadPrefix(const model::ModelConfig& con
                                                    WriteThroughCache& seq, int64_t align) {
   PrefixLoad load;
   if (options_.prefix_reuse && seq.loads_prefix()) {
-    KVC_ASSIGN_OR_RETURN(load.tokens, CachedPrefixTokens(*client_, options_.sync, config, prompt, align));
+    KVC_ASSIGN_OR_RETURN(load.tokens, CachedPrefixTokens(*client_, options_.sync, config, seq.kv_origin(), prompt, align));
   }
   metrics_->CountPrefixLookup(load.tokens);
   if (load.tokens > 0) {
@@ -66,6 +68,11 @@ absl::StatusOr<PrefixLoad> ServiceLink::LoadPrefix(const model::ModelConfig& con
 void ServiceLink::Finish(WriteThroughCache& seq) {
   if (auto* r = dynamic_cast<cache::RefreshKv*>(&seq.inner())) {
     metrics_->CountRefreshes(r->rehydrated_tokens(), r->refreshes_skipped());
+  } else if (auto* t = dynamic_cast<cache::TokenSelectPolicy*>(&seq.inner())) {
+    metrics_->CountFetchedBack(t->cold_stats().fetched_blocks, t->short_selections());
+  } else if (auto* c = dynamic_cast<cache::Combined*>(&seq.inner())) {
+    metrics_->CountRefreshes(0, c->refreshes_skipped());
+    metrics_->CountFetchedBack(c->cold_stats().fetched_blocks, c->short_selections());
   }
 }
 
