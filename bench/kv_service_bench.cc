@@ -7,7 +7,10 @@
 //    what writing the prompt's blocks through costs that prefill;
 //  - the cost of a RefreshKV refresh step at that context with the full
 //    context in the service (rehydrated: fetched, then attended) against the
-//    same step with it in memory, and against a partial step.
+//    same step with it in memory, and against a partial step;
+//  - a selecting policy (combined by default) with its values in the service,
+//    fetched back when a selection or a full step needs them, against
+//    keeping them in memory.
 // Results and the exact command: docs/BENCHMARKS.md.
 #include <algorithm>
 #include <chrono>
@@ -26,7 +29,9 @@
 #include "common/help_flags.h"
 #include "common/status_macros.h"
 #include "worker/cache/policy_factory.h"
+#include "worker/cache/combined.h"
 #include "worker/cache/refresh_kv.h"
+#include "worker/cache/token_select.h"
 #include "worker/kv/service_link.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/transformer.h"
@@ -38,6 +43,10 @@ ABSL_FLAG(std::string, transports, "ucx_sm,ucx_tcp,grpc", "Comma-separated: ucx_
 ABSL_FLAG(int, block_tokens, 256, "Tokens per KV block in the service");
 ABSL_FLAG(int, rounds, 3, "Cached-prefix requests per transport (the median is reported)");
 ABSL_FLAG(int, refresh_steps, 5, "Decode steps timed per refresh case (the median is reported)");
+ABSL_FLAG(std::string, select_policy, "combined:budget=256",
+          "Policy of the fetch-back case (TokenSelect or combined: values in the service, fetched back)");
+ABSL_FLAG(int, select_block_tokens, 64, "Tokens per KV block in the fetch-back case");
+ABSL_FLAG(int, select_steps, 48, "Decode steps timed in the fetch-back case (the median is reported)");
 ABSL_FLAG(std::string, tmp_dir, "/tmp", "Where kvcached's data directory and log go");
 
 namespace kvc::bench {
@@ -208,6 +217,54 @@ absl::Status Run() {
         absl::StrFormat("%.2fx the in-memory step; %lld tokens fetched; %s of KV resident (vs all of Cf)",
                         tr / t_local, static_cast<long long>(r.rehydrated_tokens()),
                         absl::StrFormat("%.1f MiB", seq->stats().resident_bytes / 1048576.0)));
+  }
+
+  // 4. A selecting policy (the combined one by default) with its values in
+  // memory or in the service: the decode step, what it fetches back, and
+  // the memory it keeps.
+  const std::string select_policy = absl::GetFlag(FLAGS_select_policy);
+  const int select_steps = std::max(1, absl::GetFlag(FLAGS_select_steps));
+  double t_select = 0;
+  {
+    KVC_ASSIGN_OR_RETURN(auto local, cache::MakePolicy(b.config(), select_policy));
+    KVC_RETURN_IF_ERROR(b.Prefill(*local, nullptr, 0));
+    KVC_ASSIGN_OR_RETURN(std::vector<double> times, b.Decode(*local, nullptr, select_steps));
+    t_select = Median(times);
+    double mean = 0;
+    for (const double x : times) mean += x / static_cast<double>(times.size());
+    Row(absl::StrFormat("%s decode step, values in memory", select_policy),
+        absl::StrFormat("%.1f ms (mean %.1f)", t_select * 1e3, mean * 1e3),
+        absl::StrFormat("%.1f MiB of KV resident", local->stats().resident_bytes / 1048576.0));
+  }
+  for (const TransportSpec& t : transports) {
+    ServiceLinkOptions lo = LinkOptions(t, *k);
+    lo.sync.block_tokens = absl::GetFlag(FLAGS_select_block_tokens);
+    KVC_ASSIGN_OR_RETURN(auto link, ServiceLink::Start(lo));
+    KVC_ASSIGN_OR_RETURN(auto seq, link->Attach(b.config(), *cache::MakePolicy(b.config(), select_policy)));
+    if (!seq->offloaded()) return absl::InternalError(absl::StrCat(select_policy, " did not take the cold store"));
+    KVC_RETURN_IF_ERROR(b.Prefill(*seq, seq.get(), 0));
+    KVC_RETURN_IF_ERROR(link->writer().Flush(absl::Seconds(120)));
+    KVC_ASSIGN_OR_RETURN(std::vector<double> times, b.Decode(*seq, seq.get(), select_steps));
+    cache::ColdValueStats cold;
+    int64_t full_steps = 0;
+    if (auto* c = dynamic_cast<cache::Combined*>(&seq->inner())) {
+      cold = c->cold_stats();
+      full_steps = c->full_steps();
+    } else if (auto* ts = dynamic_cast<cache::TokenSelectPolicy*>(&seq->inner())) {
+      cold = ts->cold_stats();
+    }
+    std::sort(times.begin(), times.end());
+    const double tm = Median(times);
+    double mean = 0;
+    for (const double x : times) mean += x / static_cast<double>(times.size());
+    Row(absl::StrFormat("%s decode step, values fetched back, %s", select_policy, t.name),
+        absl::StrFormat("%.1f ms (mean %.1f, p90 %.1f)", tm * 1e3, mean * 1e3, times[times.size() * 9 / 10] * 1e3),
+        absl::StrFormat("%.2fx in memory; %.1f blocks of %d fetched per step (%lld full steps of %lld layer-steps); "
+                        "%.1f MiB of KV resident",
+                        tm / t_select, static_cast<double>(cold.fetched_blocks) / select_steps,
+                        lo.sync.block_tokens, static_cast<long long>(full_steps),
+                        static_cast<long long>(select_steps) * b.config().n_layers,
+                        seq->stats().resident_bytes / 1048576.0));
   }
   return absl::OkStatus();
 }
