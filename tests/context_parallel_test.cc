@@ -1,0 +1,176 @@
+// Context-parallel TokenSelect (worker/peer/): a sequence's context split by
+// token range over shard servers, each answering the two-phase selection
+// over UCX (tcp on loopback). The owner's outputs must equal single-worker
+// TokenSelect over the whole context, bit for bit, and a lost shard fails
+// only the sequences it held.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/model_test_util.h"
+#include "worker/cache/token_select.h"
+#include "worker/model/checkpoint.h"
+#include "worker/model/transformer.h"
+#include "worker/peer/context_parallel.h"
+#include "worker/peer/context_shard.h"
+#include "worker/peer/ucx_rpc.h"
+
+namespace kvc::peer {
+namespace {
+
+model::ModelConfig SmallModel() { return testing::ModelShape(64, 96, 2, 4, 2, 50); }
+
+ucx::UcxOptions Loopback() {
+  ucx::UcxOptions u;
+  u.tls = "tcp";
+  u.net_devices = "lo";
+  return u;
+}
+
+struct Shards {
+  std::vector<std::unique_ptr<ContextShardServer>> servers;
+  std::vector<std::shared_ptr<RpcClient>> clients;
+  explicit Shards(int n) {
+    std::vector<std::string> addresses;
+    for (int i = 0; i < n; ++i) {
+      ContextShardOptions o;
+      o.rpc.ucx = Loopback();
+      auto s = ContextShardServer::Start(o);
+      EXPECT_TRUE(s.ok()) << s.status();
+      addresses.push_back(absl::StrCat("127.0.0.1:", (*s)->port()));
+      servers.push_back(std::move(*s));
+    }
+    auto c = ConnectPeers(addresses, Loopback(), absl::Seconds(10));
+    EXPECT_TRUE(c.ok()) << c.status();
+    clients = std::move(*c);
+  }
+};
+
+struct ModelFixture {
+  std::unique_ptr<model::Checkpoint> ckpt = *model::Checkpoint::Random(SmallModel(), 5, 0.2f);
+  std::unique_ptr<model::Transformer> model;
+  ModelFixture() {
+    model::TransformerOptions o;
+    o.max_chunk = 16;
+    model = *model::Transformer::Create(ckpt.get(), o);
+  }
+};
+
+ContextParallelOptions Options(float theta) {
+  ContextParallelOptions o;
+  o.select.n_init = 2;
+  o.select.k = 8;
+  o.select.n_local = 8;
+  o.select.theta = theta;
+  o.local_tokens = 40;
+  o.range_tokens = 24;
+  return o;
+}
+
+// Prompt then greedy decode through both policies; logits must match bit for bit.
+void ExpectSameAsOneWorker(ModelFixture& f, cache::CachePolicy& split, cache::CachePolicy& whole, int prompt,
+                           int steps, uint64_t seed) {
+  const int32_t vocab = SmallModel().vocab_size;
+  std::vector<int32_t> tokens = testing::RandomTokens(prompt, vocab, seed);
+  std::vector<float> a(vocab), b(vocab);
+  ASSERT_TRUE(f.model->Forward(tokens, 0, split, a.data()).ok());
+  ASSERT_TRUE(f.model->Forward(tokens, 0, whole, b.data()).ok());
+  ASSERT_EQ(a, b) << "prompt";
+  for (int s = 0; s < steps; ++s) {
+    tokens.push_back(static_cast<int32_t>(std::max_element(a.begin(), a.end()) - a.begin()));
+    const int64_t pos = static_cast<int64_t>(tokens.size()) - 1;
+    const absl::Status sa = f.model->Forward(absl::MakeConstSpan(&tokens.back(), 1), pos, split, a.data());
+    ASSERT_TRUE(sa.ok()) << sa;
+    ASSERT_TRUE(f.model->Forward(absl::MakeConstSpan(&tokens.back(), 1), pos, whole, b.data()).ok());
+    ASSERT_EQ(a, b) << "decode step " << s;
+  }
+}
+
+TEST(ContextParallelTest, SplitOverShardsEqualsOneWorkerTokenSelect) {
+  for (const float theta : {1.0f, 0.5f}) {
+    SCOPED_TRACE(theta);
+    ModelFixture f;
+    Shards shards(2);
+    const ContextParallelOptions o = Options(theta);
+    auto split = ContextParallelTokenSelect::Create(SmallModel(), o, shards.clients);
+    ASSERT_TRUE(split.ok()) << split.status();
+    auto whole = cache::TokenSelectPolicy::Create(SmallModel(), o.select);
+    ASSERT_TRUE(whole.ok());
+    // 150 prompt tokens and 40 steps: ranges of 24 move to the peers in turn.
+    ExpectSameAsOneWorker(f, **split, **whole, 150, 40, 3);
+    EXPECT_GT((*split)->remote_kv_bytes(), 0u);
+    EXPECT_GT(shards.servers[0]->bytes_held(), 0u);
+    EXPECT_GT(shards.servers[1]->bytes_held(), 0u);
+    EXPECT_GT((*split)->selections(), 0);
+    // Per step: lse and candidate sets, far less than the shards' KV (none
+    // when every layer reused its selection).
+    if (theta >= 1.0f) {
+      EXPECT_GT((*split)->last_step_bytes(), 0u);
+    } else {
+      EXPECT_GT((*split)->cache_hits(), 0);
+    }
+    EXPECT_LT((*split)->last_step_bytes() * 4, (*split)->remote_kv_bytes());
+    EXPECT_LT((*split)->stats().resident_tokens, 40 + 2 + 1);
+  }
+}
+
+TEST(ContextParallelTest, ClosingTheSequenceFreesItsShards) {
+  ModelFixture f;
+  Shards shards(2);
+  {
+    auto split = *ContextParallelTokenSelect::Create(SmallModel(), Options(1.0f), shards.clients);
+    auto whole = *cache::TokenSelectPolicy::Create(SmallModel(), Options(1.0f).select);
+    ExpectSameAsOneWorker(f, *split, *whole, 120, 2, 4);
+    EXPECT_EQ(shards.servers[0]->sequences(), 1);
+  }
+  EXPECT_EQ(shards.servers[0]->sequences(), 0);
+  EXPECT_EQ(shards.servers[0]->bytes_held(), 0u);
+  EXPECT_EQ(shards.servers[1]->sequences(), 0);
+}
+
+TEST(ContextParallelTest, ALostShardFailsOnlyTheSequencesItHeld) {
+  ModelFixture f;
+  Shards held(1), spare(1);
+  auto doomed = *ContextParallelTokenSelect::Create(SmallModel(), Options(1.0f), held.clients);
+  auto fine = *ContextParallelTokenSelect::Create(SmallModel(), Options(1.0f), spare.clients);
+  const int32_t vocab = SmallModel().vocab_size;
+  const std::vector<int32_t> tokens = testing::RandomTokens(100, vocab, 5);
+  std::vector<float> logits(vocab);
+  ASSERT_TRUE(f.model->Forward(tokens, 0, *doomed, logits.data()).ok());
+  ASSERT_TRUE(f.model->Forward(tokens, 0, *fine, logits.data()).ok());
+  held.servers[0].reset();  // the peer goes away
+  const int32_t next = 7;
+  const absl::Status s = f.model->Forward(absl::MakeConstSpan(&next, 1), 100, *doomed, logits.data());
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_NE(s.message().find("is lost"), absl::string_view::npos) << s;
+  EXPECT_NE(s.message().find("tokens [0, 72)"), absl::string_view::npos) << s;
+  // Once lost, always: the context is gone.
+  EXPECT_EQ(f.model->Forward(absl::MakeConstSpan(&next, 1), 100, *doomed, logits.data()).code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(f.model->Forward(absl::MakeConstSpan(&next, 1), 100, *fine, logits.data()).ok());
+}
+
+TEST(ContextParallelTest, BadOptionsAndMessagesAreNamed) {
+  ContextParallelOptions o = Options(1.0f);
+  o.select.pool_kernel = 3;
+  EXPECT_NE(o.Validate().message().find("pooling"), absl::string_view::npos);
+  o = Options(1.0f);
+  o.local_tokens = 10;
+  EXPECT_NE(o.Validate().message().find("local_tokens"), absl::string_view::npos);
+  Shards shards(1);
+  // A truncated message and an unknown sequence are errors of that call only.
+  auto r = shards.clients[0]->Roundtrip(kAppend, std::string(5, 'x'));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  Writer w;
+  w.Put<uint64_t>(42).Put<int32_t>(0).Put<int64_t>(0).Put<int64_t>(10);
+  r = shards.clients[0]->Roundtrip(kLse, w.Take());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound) << r.status();
+  r = shards.clients[0]->Roundtrip(99, "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_TRUE(shards.clients[0]->Roundtrip(kClose, std::string(8, '\0')).status().code() ==
+              absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace kvc::peer
