@@ -3,12 +3,20 @@
 // over UCX (tcp on loopback). The owner's outputs must equal single-worker
 // TokenSelect over the whole context, bit for bit, and a lost shard fails
 // only the sequences it held.
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "absl/time/clock.h"
 #include "tests/model_test_util.h"
+#include "tests/temp_dir.h"
 #include "worker/cache/token_select.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/transformer.h"
@@ -170,6 +178,83 @@ TEST(ContextParallelTest, BadOptionsAndMessagesAreNamed) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
   EXPECT_TRUE(shards.clients[0]->Roundtrip(kClose, std::string(8, '\0')).status().code() ==
               absl::StatusCode::kNotFound);
+}
+
+// kvc-shard as a child process (tcp on loopback), killed at will.
+class ShardProcess {
+ public:
+  explicit ShardProcess(const std::string& dir) {
+    const std::string port_file = dir + "/port";
+    pid_ = fork();
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      const std::string log = dir + "/log";
+      FILE* f = std::freopen(log.c_str(), "a", stderr);
+      (void)f;
+      execl(KVC_SHARD_PATH, KVC_SHARD_PATH, "--listen=127.0.0.1:0", ("--port_file=" + port_file).c_str(),
+            "--ucx_tls=tcp", "--ucx_net_devices=lo", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    for (int i = 0; i < 1000 && port_ == 0; ++i) {
+      std::ifstream in(port_file);
+      if (!(in >> port_)) port_ = 0;
+      if (port_ == 0) absl::SleepFor(absl::Milliseconds(10));
+    }
+  }
+  ~ShardProcess() { Kill(); }
+  void Kill() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+  int port() const { return port_; }
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+};
+
+// Separate processes: the owner (this test) and two kvc-shard children. One
+// sequence spread over both, one over the second only. SIGKILL of the first
+// mid-generation: the first sequence fails with the lost range named, the
+// second goes on and still equals one-worker TokenSelect.
+TEST(ContextParallelProcessTest, AShardProcessKilledMidGenerationFailsOnlyItsSequences) {
+  testing::TempDir dir_a, dir_b;
+  ShardProcess a(dir_a.path()), b(dir_b.path());
+  ASSERT_GT(a.port(), 0);
+  ASSERT_GT(b.port(), 0);
+  auto both = ConnectPeers({a.address(), b.address()}, Loopback(), absl::Seconds(5));
+  ASSERT_TRUE(both.ok()) << both.status();
+  auto second = ConnectPeers({b.address()}, Loopback(), absl::Seconds(5));
+  ASSERT_TRUE(second.ok()) << second.status();
+  ModelFixture f;
+  const ContextParallelOptions o = Options(1.0f);
+  auto spread = *ContextParallelTokenSelect::Create(SmallModel(), o, *both);
+  auto survivor = *ContextParallelTokenSelect::Create(SmallModel(), o, *second);
+  auto reference = *cache::TokenSelectPolicy::Create(SmallModel(), o.select);
+  const int32_t vocab = SmallModel().vocab_size;
+  std::vector<int32_t> tokens = testing::RandomTokens(130, vocab, 9);
+  std::vector<float> x(vocab), y(vocab), z(vocab);
+  ASSERT_TRUE(f.model->Forward(tokens, 0, *spread, x.data()).ok());
+  ASSERT_TRUE(f.model->Forward(tokens, 0, *survivor, y.data()).ok());
+  ASSERT_TRUE(f.model->Forward(tokens, 0, *reference, z.data()).ok());
+  ASSERT_EQ(y, z);
+  a.Kill();
+  for (int step = 0; step < 10; ++step) {
+    tokens.push_back(static_cast<int32_t>(std::max_element(z.begin(), z.end()) - z.begin()));
+    const int64_t pos = static_cast<int64_t>(tokens.size()) - 1;
+    const absl::Status lost = f.model->Forward(absl::MakeConstSpan(&tokens.back(), 1), pos, *spread, x.data());
+    EXPECT_EQ(lost.code(), absl::StatusCode::kUnavailable) << lost;
+    if (step == 0) {
+      EXPECT_NE(lost.message().find(absl::StrCat("on peer ", a.address(), " is lost")), absl::string_view::npos)
+          << lost;
+    }
+    ASSERT_TRUE(f.model->Forward(absl::MakeConstSpan(&tokens.back(), 1), pos, *survivor, y.data()).ok());
+    ASSERT_TRUE(f.model->Forward(absl::MakeConstSpan(&tokens.back(), 1), pos, *reference, z.data()).ok());
+    ASSERT_EQ(y, z) << "step " << step;
+  }
 }
 
 }  // namespace
