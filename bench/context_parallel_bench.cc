@@ -8,6 +8,7 @@
 // Results and the exact command: docs/BENCHMARKS.md.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -33,6 +34,8 @@ ABSL_FLAG(int64_t, context, 16384, "Context length (tokens) before decoding");
 ABSL_FLAG(int, shards, 2, "Shard servers");
 ABSL_FLAG(int64_t, local_tokens, 4096, "Tokens the owner keeps per layer before moving a range out");
 ABSL_FLAG(int64_t, range_tokens, 2048, "Tokens per range moved to a shard");
+ABSL_FLAG(int64_t, lse_block, 1024,
+          "TokenSelect's normaliser block (both runs); the ranges are whole blocks");
 ABSL_FLAG(int, k, 128, "TokenSelect: tokens selected per step");
 ABSL_FLAG(int, steps, 32, "Decode steps timed (the median is reported)");
 ABSL_FLAG(std::string, ucx_tls, "tcp", "UCX transports between owner and shards");
@@ -81,6 +84,7 @@ absl::Status Run() {
   o.select.theta = 1.0f;  // a selection every step: the communication each step costs
   o.local_tokens = absl::GetFlag(FLAGS_local_tokens);
   o.range_tokens = absl::GetFlag(FLAGS_range_tokens);
+  o.select.lse_block = absl::GetFlag(FLAGS_lse_block);
   KVC_ASSIGN_OR_RETURN(auto split, peer::ContextParallelTokenSelect::Create(config, o, peers));
   KVC_ASSIGN_OR_RETURN(auto whole, cache::TokenSelectPolicy::Create(config, o.select));
   std::printf("# context_parallel_bench: stories15M, %lld-token context, %d shards (ucx %s on lo), k=%d, "
@@ -101,7 +105,18 @@ absl::Status Run() {
 
   const int steps = std::max(1, absl::GetFlag(FLAGS_steps));
   std::vector<double> t_whole, t_split, bytes;
+  const auto max_diff = [&] {
+    float d = 0;
+    for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::abs(a[i] - b[i]));
+    return d;
+  };
   bool identical = a == b;
+  float worst = max_diff();
+  int64_t prefill_differing = 0;
+  for (int32_t l = 0; l < config.n_layers; ++l) prefill_differing += split->selection(l) != whole->selection(l) ? 1 : 0;
+  Row("prefill logits", identical ? "identical" : absl::StrFormat("differ by %.3g", worst),
+      absl::StrFormat("%lld layers' last selections differ", static_cast<long long>(prefill_differing)));
+  int64_t differing = 0;
   std::vector<int32_t> tokens = prompt;
   kvc::ProgressBar progress("decode", static_cast<uint64_t>(steps), "steps");
   for (int s = 0; s < steps; ++s) {
@@ -115,6 +130,8 @@ absl::Status Run() {
     t_split.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
     bytes.push_back(static_cast<double>(split->last_step_bytes()));
     identical = identical && a == b;
+    for (int32_t l = 0; l < config.n_layers; ++l) differing += split->selection(l) != whole->selection(l) ? 1 : 0;
+    worst = std::max(worst, max_diff());
     progress.Add(1);
   }
   progress.Finish();
@@ -122,7 +139,13 @@ absl::Status Run() {
   const double shard_bytes = static_cast<double>(split->remote_kv_bytes());
   Row("decode step, one worker", absl::StrFormat("%.2f ms", tw * 1e3), "");
   Row("decode step, split", absl::StrFormat("%.2f ms", ts * 1e3),
-      absl::StrFormat("%.2fx one worker; logits %s", ts / tw, identical ? "identical at every step" : "DIFFER"));
+      absl::StrFormat("%.2fx one worker; logits %s", ts / tw,
+                      identical ? "identical at every step"
+                                : absl::StrFormat("differ (largest logit difference %.3g; %lld of %lld layer "
+                                                  "selections differ)",
+                                                  worst, static_cast<long long>(differing),
+                                                  static_cast<long long>(steps) * config.n_layers)
+                                      .c_str()));
   Row("bytes moved per step (all layers)", absl::StrFormat("%.1f KiB", moved / 1024),
       absl::StrFormat("vs %.1f MiB of KV on the shards: %.0fx less than moving them", shard_bytes / 1048576.0,
                       shard_bytes / std::max(1.0, moved)));

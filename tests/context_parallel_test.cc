@@ -73,6 +73,7 @@ ContextParallelOptions Options(float theta) {
   o.select.theta = theta;
   o.local_tokens = 40;
   o.range_tokens = 24;
+  o.select.lse_block = 8;
   return o;
 }
 
@@ -171,7 +172,7 @@ TEST(ContextParallelTest, BadOptionsAndMessagesAreNamed) {
   auto r = shards.clients[0]->Roundtrip(kAppend, std::string(5, 'x'));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
   Writer w;
-  w.Put<uint64_t>(42).Put<int32_t>(0).Put<int64_t>(0).Put<int64_t>(10);
+  w.Put<uint64_t>(42).Put<int32_t>(0).Put<int64_t>(0).Put<int64_t>(10).Put<int64_t>(8);
   r = shards.clients[0]->Roundtrip(kLse, w.Take());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound) << r.status();
   r = shards.clients[0]->Roundtrip(99, "");

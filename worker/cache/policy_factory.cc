@@ -261,6 +261,9 @@ absl::StatusOr<std::unique_ptr<CachePolicy>> MakePolicy(const model::ModelConfig
     KVC_RETURN_IF_ERROR(p.Int("k", &o.k));
     KVC_RETURN_IF_ERROR(p.Int("pool", &o.pool_kernel));
     KVC_RETURN_IF_ERROR(p.Float("theta", &o.theta));
+    int32_t lse_block = 0;
+    KVC_RETURN_IF_ERROR(p.Int("lse_block", &lse_block));
+    o.lse_block = lse_block;
     KVC_RETURN_IF_ERROR(p.Finish());
     KVC_ASSIGN_OR_RETURN(std::unique_ptr<TokenSelectPolicy> t, TokenSelectPolicy::Create(config, o));
     return std::unique_ptr<CachePolicy>(std::move(t));

@@ -3,7 +3,7 @@
 //   full
 //   streaming:sinks=4,window=252          (StreamingLLM; default sinks 4)
 //   cascading:sinks=4,subcaches=4,window=252,beta=0.999,positions=cache|original
-//   tokenselect:init=4,k=92,local=32,pool=0,theta=0.9
+//   tokenselect:init=4,k=92,local=32,pool=0,theta=0.9,lse_block=0
 //   h2o:heavy=128,recent=128,reduce=sum|max,positions=original|compact
 //   snapkv:budget=256,window=64,kernel=5,positions=original|compact
 //   quest:page=16,budget=256,positions=original|compact   (worker/cache/quest.h)

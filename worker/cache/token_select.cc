@@ -18,8 +18,29 @@ absl::Status TokenSelectOptions::Validate() const {
   }
   KVC_RETURN_IF_ERROR(CheckPoolKernel("tokenselect", pool_kernel));
   KVC_RETURN_IF_ERROR(CheckKvDtype("tokenselect", kv_dtype));
+  if (lse_block < 0) return absl::InvalidArgumentError(absl::StrCat("tokenselect: lse_block ", lse_block, " < 0"));
   if (!(theta >= -1.0f && theta <= 1.0f)) {
     return absl::InvalidArgumentError(absl::StrCat("tokenselect: theta ", theta, " not in [-1, 1]"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AppendBlockLse(const k::ExecContext& ctx, const float* qbar, int32_t num_q_heads, const k::KvPool& pool,
+                            int64_t first, int64_t begin, int64_t end, int64_t block, std::vector<int64_t>* ids,
+                            std::vector<float>* lse) {
+  const size_t row = static_cast<size_t>(pool.num_kv_heads) * pool.head_dim * k::DTypeSize(pool.dtype);
+  for (int64_t b = begin / block; b * block < end; ++b) {
+    const int64_t lo = std::max(begin, b * block), hi = std::min(end, (b + 1) * block);
+    if (lo >= hi) continue;
+    k::TokenSelectArgs s;
+    s.qbar = qbar;
+    s.num_q_heads = num_q_heads;
+    s.pool = k::KvPool::Contiguous(static_cast<const uint8_t*>(pool.k) + (lo - first) * row, nullptr, pool.dtype,
+                                   hi - lo, pool.num_kv_heads, pool.head_dim);
+    s.num_candidates = hi - lo;
+    ids->push_back(b);
+    lse->resize(lse->size() + num_q_heads);
+    KVC_RETURN_IF_ERROR(k::TokenSelectLse(ctx, s, lse->data() + lse->size() - num_q_heads));
   }
   return absl::OkStatus();
 }
@@ -110,6 +131,16 @@ absl::Status TokenSelectPolicy::Attend(const k::ExecContext& ctx, const model::A
       s.pool_kernel = options_.pool_kernel;
       s.k = options_.k;
       s.selected = selected_.data();
+      if (options_.lse_block > 0) {
+        // The normaliser block by block (TokenSelectOptions::lse_block).
+        lse_ids_.clear();
+        lse_.clear();
+        KVC_RETURN_IF_ERROR(AppendBlockLse(ctx, qbar_.data(), hq, pool, 0, begin, end, options_.lse_block,
+                                           &lse_ids_, &lse_));
+        global_lse_.resize(hq);
+        k::CombineLse(lse_, hq, global_lse_.data());
+        s.global_lse = global_lse_.data();
+      }
       KVC_RETURN_IF_ERROR(k::TokenSelect(ctx, s));
       cache.Store(qbar_, selected_);
       ++selections_;

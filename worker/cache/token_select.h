@@ -30,10 +30,26 @@ struct TokenSelectOptions {
   int32_t k = 92;
   int32_t pool_kernel = 0;  // 1-D max pooling of the scores (0 = off, else odd)
   float theta = 0.9f;       // selection-cache threshold (>= 1: reselect every chunk)
+  // The soft vote's per-head normaliser: 0 = one log-sum-exp over all
+  // candidates; B > 0 = the log-sum-exp of each block of B token positions
+  // ([b * B, (b + 1) * B), eligible ones), combined in block order
+  // (kernels::CombineLse). The same in exact arithmetic; in fp32 the
+  // blocked form is what a context split over workers at multiples of B
+  // computes (worker/peer/context_parallel.h), so a selection equals theirs
+  // bit for bit.
+  int64_t lse_block = 0;
   kernels::DType kv_dtype = kernels::DType::kF32;
   absl::Status Validate() const;
   int64_t budget() const { return static_cast<int64_t>(n_init) + k + n_local; }
 };
+
+// Appends the per-head lse (TokenSelectLse) of every block of `block` token
+// positions that has eligible tokens in [begin, end) to ids (block index)
+// and lse ([Hq] each). `pool` holds keys of positions first, first + 1, ...
+// (slot = position - first), covering [begin, end).
+absl::Status AppendBlockLse(const kernels::ExecContext& ctx, const float* qbar, int32_t num_q_heads,
+                            const kernels::KvPool& pool, int64_t first, int64_t begin, int64_t end, int64_t block,
+                            std::vector<int64_t>* ids, std::vector<float>* lse);
 
 class TokenSelectPolicy : public CachePolicy {
  public:
@@ -47,6 +63,9 @@ class TokenSelectPolicy : public CachePolicy {
   // Chunks that reused the previous selection / chose a new one, all layers.
   int64_t cache_hits() const { return hits_; }
   int64_t selections() const { return selections_; }
+  // The tokens selected for `layer`'s last chunk (ascending; empty while
+  // everything is attended).
+  const std::vector<int32_t>& selection(int32_t layer) const { return selection_cache_[layer].selection(); }
   // Keeps only the keys and the values a step needs in memory; the rest of
   // the values is fetched back from `cold` when selected. Before the first
   // token only.
@@ -70,7 +89,8 @@ class TokenSelectPolicy : public CachePolicy {
   int64_t short_selections_ = 0;
   absl::Status last_cold_error_;
   // Scratch.
-  std::vector<float> qbar_;
+  std::vector<float> qbar_, lse_, global_lse_;
+  std::vector<int64_t> lse_ids_;
   std::vector<int32_t> selected_, slots_, positions_, query_positions_, keep_;
   int64_t hits_ = 0, selections_ = 0;
   PolicyStats stats_;

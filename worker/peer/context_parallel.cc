@@ -22,6 +22,11 @@ absl::Status ContextParallelOptions::Validate() const {
   if (select.kv_dtype != k::DType::kF32) {
     return absl::InvalidArgumentError("context-parallel tokenselect: the KV must be fp32");
   }
+  if (select.lse_block < 1 || range_tokens % select.lse_block != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("context-parallel tokenselect: range_tokens ", range_tokens,
+                                                   " must be a multiple of select.lse_block ", select.lse_block,
+                                                   " (>= 1): a block's lse is computed where the block is"));
+  }
   if (select.pool_kernel > 1) {
     return absl::InvalidArgumentError(
         "context-parallel tokenselect: score pooling (pool > 1) is not supported across shards");
@@ -227,9 +232,13 @@ absl::Status ContextParallelTokenSelect::Select(const k::ExecContext& ctx, const
     return failed_;
   };
 
-  // Phase 1: per-head lse, every shard's.
+  // Phase 1: per-head lse of every block of lse_block positions, from
+  // whoever holds it, combined in block order (as TokenSelectPolicy with
+  // the same lse_block does on one worker).
+  const int64_t block = options_.select.lse_block;
   Writer w;
-  w.Put<uint64_t>(seq_).Put<int32_t>(l).Put<int64_t>(begin).Put<int64_t>(end).PutFloats(qbar_.data(), qbar_.size());
+  w.Put<uint64_t>(seq_).Put<int32_t>(l).Put<int64_t>(begin).Put<int64_t>(end).Put<int64_t>(block);
+  w.PutFloats(qbar_.data(), qbar_.size());
   const std::string lse_request = w.Take();
   std::vector<std::shared_ptr<RpcClient::Call>> calls;
   for (const int32_t p : asked) calls.push_back(peers_[p]->Send(kLse, lse_request));
@@ -246,18 +255,35 @@ absl::Status ContextParallelTokenSelect::Select(const k::ExecContext& ctx, const
   s.num_candidates = local_count;
   s.select_begin = 0;
   s.select_end = local_count;
-  std::vector<float> shard_lse((asked.size() + 1) * hq, -std::numeric_limits<float>::infinity());
-  if (local_count > 0) KVC_RETURN_IF_ERROR(k::TokenSelectLse(ctx, s, shard_lse.data()));
+  std::vector<int64_t> ids;
+  std::vector<float> block_lse;
+  if (local_count > 0) {
+    KVC_RETURN_IF_ERROR(cache::AppendBlockLse(ctx, qbar_.data(), hq, s.pool, local_begin, local_begin, end, block,
+                                              &ids, &block_lse));
+  }
   for (size_t i = 0; i < calls.size(); ++i) {
     absl::StatusOr<std::string> r = peers_[asked[i]]->Wait(calls[i]);
     if (!r.ok()) return lost(i, r.status());
-    if (r->size() != static_cast<size_t>(hq) * sizeof(float)) {
-      return lost(i, absl::DataLossError(absl::StrCat("an lse answer of ", r->size(), " bytes")));
+    Reader rd(*r);
+    absl::StatusOr<int64_t> m = rd.Get<int64_t>("block count");
+    if (!m.ok() || *m < 0 || *m > (end - begin) / block + 2) return lost(i, absl::DataLossError("a bad lse answer"));
+    for (int64_t j = 0; j < *m; ++j) {
+      absl::StatusOr<int64_t> id = rd.Get<int64_t>("block index");
+      absl::StatusOr<const float*> v = rd.Floats(hq, "lse");
+      if (!id.ok() || !v.ok()) return lost(i, absl::DataLossError("a short lse answer"));
+      ids.push_back(*id);
+      block_lse.insert(block_lse.end(), *v, *v + hq);
     }
-    std::memcpy(shard_lse.data() + (i + 1) * hq, r->data(), r->size());
   }
+  // Block order, as one worker combines them.
+  std::vector<size_t> order(ids.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](size_t x, size_t y) { return ids[x] < ids[y]; });
+  std::vector<float> ordered;
+  ordered.reserve(block_lse.size());
+  for (const size_t o : order) ordered.insert(ordered.end(), block_lse.begin() + o * hq, block_lse.begin() + (o + 1) * hq);
   std::vector<float> lse(hq);
-  k::CombineLse(shard_lse, hq, lse.data());
+  k::CombineLse(ordered, hq, lse.data());
 
   // Phase 2: every shard's top-k under the global lse, with its rows.
   const int64_t want = options_.select.k;

@@ -34,11 +34,14 @@
 namespace kvc::peer {
 
 struct ContextParallelOptions {
-  cache::TokenSelectOptions select;  // fp32 KV, no pooling
+  ContextParallelOptions() { select.lse_block = 4096; }
+  // fp32 KV, no pooling; lse_block > 0 dividing range_tokens. The outputs
+  // equal TokenSelectPolicy's with these options on one worker.
+  cache::TokenSelectOptions select;
   // Tokens a layer holds locally (besides the first n_init) before its
   // oldest range_tokens move to a peer. >= range_tokens + n_local.
   int64_t local_tokens = 8192;
-  int64_t range_tokens = 4096;
+  int64_t range_tokens = 4096;  // a multiple of select.lse_block
   absl::Status Validate() const;
 };
 

@@ -8,6 +8,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "kernels/token_select.h"
+#include "worker/cache/token_select.h"
 
 namespace kvc::peer {
 
@@ -142,9 +143,12 @@ absl::StatusOr<std::string> ContextShardServer::Score(Reader& r, bool select) {
   KVC_ASSIGN_OR_RETURN(const int32_t layer, r.Get<int32_t>("layer"));
   KVC_ASSIGN_OR_RETURN(const int64_t begin, r.Get<int64_t>("begin"));
   KVC_ASSIGN_OR_RETURN(const int64_t end, r.Get<int64_t>("end"));
-  int64_t want = 0;
+  int64_t want = 0, block = 0;
   if (select) {
     KVC_ASSIGN_OR_RETURN(want, r.Get<int64_t>("k"));
+  } else {
+    KVC_ASSIGN_OR_RETURN(block, r.Get<int64_t>("lse block"));
+    if (block < 1) return absl::InvalidArgumentError(absl::StrCat("context shard: lse block ", block, " < 1"));
   }
   KVC_ASSIGN_OR_RETURN(std::shared_ptr<Seq> seq, Find(id));
   const int32_t hq = seq->q_heads, d = seq->head_dim;
@@ -177,9 +181,28 @@ absl::StatusOr<std::string> ContextShardServer::Score(Reader& r, bool select) {
   const k::ExecContext ctx{k::Backend::kCpu};
   Writer w;
   if (!select) {
-    std::vector<float> out(hq, -std::numeric_limits<float>::infinity());
-    if (count > 0) KVC_RETURN_IF_ERROR(k::TokenSelectLse(ctx, a, out.data()));
-    w.PutFloats(out.data(), out.size());
+    // Block by block: every block lies within one range, whose rows are
+    // consecutive positions.
+    std::vector<int64_t> ids;
+    std::vector<float> lse_out;
+    for (int64_t i = lo; i < hi;) {
+      const int64_t b = l.positions[i] / block;
+      const int64_t j = std::lower_bound(l.positions.begin() + i, l.positions.begin() + hi, (b + 1) * block) -
+                        l.positions.begin();
+      if (l.positions[j - 1] - l.positions[i] != j - 1 - i) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("context shard: block ", b, " of ", block, " positions is not held whole"));
+      }
+      const k::KvPool rows = k::KvPool::Contiguous(l.k.data() + i * row, nullptr, k::DType::kF32, j - i,
+                                                   seq->kv_heads, d);
+      KVC_RETURN_IF_ERROR(cache::AppendBlockLse(ctx, qbar, hq, rows, l.positions[i], l.positions[i],
+                                                l.positions[j - 1] + 1, block, &ids, &lse_out));
+      i = j;
+    }
+    w.Put<int64_t>(static_cast<int64_t>(ids.size()));
+    for (size_t b = 0; b < ids.size(); ++b) {
+      w.Put<int64_t>(ids[b]).PutFloats(lse_out.data() + b * hq, hq);
+    }
     return w.Take();
   }
   const int64_t n = std::min(want, count);

@@ -15,8 +15,10 @@
 //   kOpen    seq u64, layers i32, q_heads i32, kv_heads i32, head_dim i32
 //   kAppend  seq u64, layer i32, first i64, n i64, k rows, v rows
 //            (positions first .. first + n - 1, after any held: ascending)
-//   kLse     seq u64, layer i32, begin i64, end i64, qbar [Hq][D]
-//            -> lse [Hq] over the held tokens at positions in [begin, end)
+//   kLse     seq u64, layer i32, begin i64, end i64, block i64, qbar [Hq][D]
+//            -> n i64, then n times: block index i64, lse [Hq]: the lse of
+//               the held tokens at positions in [begin, end) of every
+//               block of `block` positions with any (ranges are whole blocks)
 //   kSelect  seq u64, layer i32, begin i64, end i64, k i64, qbar [Hq][D], lse [Hq]
 //            -> n i64, positions i64[n], scores f32[n], k rows, v rows
 //               (n = min(k, eligible held tokens), positions ascending)
