@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "worker/cache/attend.h"
@@ -119,14 +120,13 @@ std::string ContextParallelTokenSelect::kv_origin() const {
 }
 
 absl::Status ContextParallelTokenSelect::Lost(int32_t peer, int32_t layer, const absl::Status& s) const {
-  int64_t first = -1, last = -1;
+  std::vector<std::string> held;
   for (const Range& r : ranges_[layer]) {
-    if (r.peer != peer) continue;
-    if (first < 0) first = r.first;
-    last = r.first + r.count;
+    if (r.peer == peer) held.push_back(absl::StrCat("[", r.first, ", ", r.first + r.count, ")"));
   }
-  return absl::UnavailableError(absl::StrCat("context-parallel sequence: the shard of tokens [", first, ", ", last,
-                                             ") on peer ", peers_[peer]->address(), " is lost: ", s.message()));
+  return absl::UnavailableError(absl::StrCat("context-parallel sequence: the shard of tokens ",
+                                             absl::StrJoin(held, " "), " on peer ", peers_[peer]->address(),
+                                             " is lost: ", s.message()));
 }
 
 absl::Status ContextParallelTokenSelect::Attend(const k::ExecContext& ctx, const model::AttendArgs& a) {
