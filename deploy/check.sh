@@ -1,30 +1,51 @@
 #!/usr/bin/env bash
-# Validates the deployment files without a cluster.
+# Validates the deployment without a cluster.
 #
 #   deploy/check.sh                         # static checks only
-#   deploy/check.sh build/cachesvc/server/kvcached
-#                                           # ... plus kvcached --check_config on
-#                                           #     every config shipped in deploy/
+#   deploy/check.sh KVCACHED [KVC_WORKER]   # ... plus the binaries:
+#       build/cachesvc/server/kvcached build/worker/kvc-worker
 #
-# Checks:
-#   * every YAML file under deploy/ parses;
-#   * every Kubernetes object has apiVersion, kind, metadata.name and no
-#     hard-coded metadata.namespace; kustomization resources exist;
-#   * the ConfigMap's kvcached.yaml parses and uses only keys kvcached knows
-#     (taken from cachesvc/server/options.cc when present);
-#   * terminationGracePeriodSeconds > shutdown_grace + preStop sleep;
-#   * memory limit > host_capacity_bytes + disk_block_cache_bytes + headroom;
-#   * PVC size > disk_capacity_bytes; ports/paths agree between config,
-#     container, probes, mounts and Services;
-#   * with a kvcached binary as $1: `kvcached --config=<yaml> --check_config`
-#     after pointing data_dir at a temp dir and dropping auth/TLS file paths
-#     (they name Secret mounts that do not exist outside the pod).
-# Exits non-zero with one line per problem.
+# Checks (deploy/check_manifests.py has the details):
+#   * every YAML file under deploy/ parses; kustomization inputs exist; no
+#     hard-coded metadata.namespace; examples stay out of the kustomizations;
+#   * every variant deploy/render.sh renders (base and each overlay, alone
+#     and with the components) — kubectl kustomize, offline:
+#       - kvcached's config (the rendered ConfigMap --config points into)
+#         uses only keys kvcached knows (cachesvc/server/options.cc) and
+#         passes the cross-field rules;
+#       - memory limit > host_capacity_bytes + disk_block_cache_bytes +
+#         headroom; PVC >= 1.25 x disk_capacity_bytes;
+#         terminationGracePeriodSeconds > shutdown_grace + preStop;
+#       - ports agree between the config, containerPorts, the gRPC health
+#         probes (TCP ones under TLS), Services, annotations and the
+#         NetworkPolicy (gRPC, UCX listener, UCX_TCP_PORT_RANGE);
+#       - more than one member => anti-affinity / spread over nodes, and
+#         workers on the headless Service over gRPC;
+#       - the worker: every FLAGS_* is a kvc-worker flag
+#         (worker/kvc_worker_main.cc), $(VAR) references resolve, the cache
+#         service address is <Service>.<ns>.svc... of a Service whose port
+#         leads to kvcached's, the token comes from a Secret, the model is
+#         baked in or mounted, the memory limit covers it, probes read the
+#         heartbeat files on a writable volume;
+#       - ServiceMonitor/PodMonitor select something with that port name;
+#   * with KVCACHED: `kvcached --config=<yaml> --check_config` on every
+#     distinct config (data_dir moved to a temp dir, Secret paths dropped);
+#   * with KVC_WORKER as well: for each of base and the overlays, a local
+#     smoke run — kvcached on loopback with that variant's config (auth on,
+#     ports picked by the kernel) and deploy/docker/kvc-worker-loop.sh with
+#     the worker's rendered environment, twice: both runs store blocks in
+#     the service, the second loads the cached prefix.
+#
+# Exit status: 0 passed; 1 a check failed (one line per problem); 2 bad
+# usage or no python3-yaml; 77 kubectl is missing, so the rendered variants
+# could not be checked (ctest reports the test as skipped; the file-level
+# checks and --check_config of the image's config still ran).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 kvcached="${1:-}"
+worker="${2:-}"
 
 # Debian's python3 with python3-yaml (scripts/setup.sh installs it) first,
 # then whatever python3 is on PATH.
@@ -39,407 +60,144 @@ if [ -z "$PY" ]; then
   echo "check.sh: no python3 with the 'yaml' module; install it: sudo apt-get install -y python3 python3-yaml" >&2
   exit 2
 fi
-if [ -n "$kvcached" ] && [ ! -x "$kvcached" ]; then
-  echo "check.sh: '$kvcached' is not an executable kvcached binary" >&2
-  exit 2
-fi
-
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-
-# The Python part does the static checks and writes the configs for
-# --check_config into $tmp (one file per config found).
-"$PY" - "$repo" "$tmp" <<'PY'
-import glob, os, re, sys
-import yaml
-
-repo, tmp = sys.argv[1], sys.argv[2]
-deploy = os.path.join(repo, "deploy")
-k8s = os.path.join(deploy, "k8s")
-errors = []
-notes = []
-
-def err(msg):
-    errors.append(msg)
-
-def rel(p):
-    return os.path.relpath(p, repo)
-
-# ---------------------------------------------------------------- units
-BIN = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
-       "g": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40,
-       "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-
-def kvc_bytes(v, what):
-    """kvcached byte size (common/units.cc ParseByteSize)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(v))
-    if not m or m.group(2).lower() not in BIN:
-        raise ValueError(f"{what}: '{v}' is not a kvcached byte size (e.g. 8GiB)")
-    return int(m.group(1)) * BIN[m.group(2).lower()]
-
-K8S_SUFFIX = {"": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
-              "Ei": 2**60, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-              "P": 10**15, "E": 10**18, "m": 0.001}
-
-def k8s_quantity(v, what):
-    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(?:[eE]([0-9]+))?([A-Za-z]*)", str(v).strip())
-    if not m or m.group(3) not in K8S_SUFFIX:
-        raise ValueError(f"{what}: '{v}' is not a Kubernetes quantity")
-    n = float(m.group(1)) * (10 ** int(m.group(2)) if m.group(2) else 1)
-    return n * K8S_SUFFIX[m.group(3)]
-
-DUR = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-
-def absl_duration(v, what):
-    """absl::ParseDuration subset: '20s', '1m30s', '1.5s', '0', 'inf' refused."""
-    s = str(v).strip()
-    if s == "0":
-        return 0.0
-    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|ms|s|m|h)", s)
-    if not parts or "".join(a + b for a, b in parts) != s.lstrip("+"):
-        raise ValueError(f"{what}: '{v}' is not a duration (e.g. 20s)")
-    return sum(float(a) * DUR[b] for a, b in parts)
-
-def gib(n):
-    return f"{n / 2**30:.2f} GiB"
-
-def port_of(addr, what):
-    m = re.fullmatch(r".*:(\d+)", str(addr))
-    if not m:
-        raise ValueError(f"{what}: '{addr}' is not host:port")
-    return int(m.group(1))
-
-# ---------------------------------------------------------------- known keys
-KNOWN = {"listen_address", "port_file", "data_dir", "host_capacity_bytes", "host_shards",
-         "disk_capacity_bytes", "disk_block_cache_bytes", "metrics_address",
-         "auth_tokens_file", "tls_cert_file", "tls_key_file", "worker_threads",
-         "max_queued_requests", "shutdown_grace", "flush_host_on_shutdown", "log_level",
-         "limits.max_block_bytes", "limits.max_batch_blocks", "limits.max_message_bytes",
-         "limits.max_lease_ms", "limits.max_lookup_hashes", "limits.max_lookup_layers",
-         "limits.max_key_string_bytes"}
-opts_cc = os.path.join(repo, "cachesvc", "server", "options.cc")
-if os.path.exists(opts_cc):
-    found = set(re.findall(r'\{"([a-z_.]+)",\s*(?:Str|Int|Bytes|Bool|Duration|Level)\(',
-                           open(opts_cc).read()))
-    if found:
-        KNOWN = found
-
-def flatten_config(cfg, src):
-    keys = set()
-    if not isinstance(cfg, dict):
-        err(f"{src}: kvcached config must be a YAML mapping")
-        return keys
-    for k, v in cfg.items():
-        if k == "limits":
-            if not isinstance(v, dict):
-                err(f"{src}: 'limits' must be a mapping")
-                continue
-            keys |= {f"limits.{lk}" for lk in v}
-        else:
-            keys.add(k)
-    for k in sorted(keys - KNOWN):
-        err(f"{src}: unknown kvcached config key '{k}' (kvcached would refuse to start)")
-    return keys
-
-def check_config_values(cfg, src):
-    """The cross-field rules of ServerOptions::Validate that matter for sizing."""
-    try:
-        host = kvc_bytes(cfg.get("host_capacity_bytes", "1GiB"), "host_capacity_bytes")
-        shards = int(cfg.get("host_shards", 16))
-        lim = cfg.get("limits", {}) or {}
-        blk = kvc_bytes(lim.get("max_block_bytes", "32MiB"), "limits.max_block_bytes")
-        msg = kvc_bytes(lim.get("max_message_bytes", "256MiB"), "limits.max_message_bytes")
-        disk = kvc_bytes(cfg.get("disk_capacity_bytes", "16GiB"), "disk_capacity_bytes")
-        kvc_bytes(cfg.get("disk_block_cache_bytes", "64MiB"), "disk_block_cache_bytes")
-        absl_duration(cfg.get("shutdown_grace", "10s"), "shutdown_grace")
-        if shards <= 0 or shards & (shards - 1) or shards > 1024:
-            err(f"{src}: host_shards {shards} is not a power of two in [1, 1024]")
-        elif host // shards < blk + 256:
-            err(f"{src}: host_capacity_bytes / host_shards cannot hold one max_block_bytes block")
-        if disk < blk + 256:
-            err(f"{src}: disk_capacity_bytes cannot hold one max_block_bytes block")
-        if msg < blk + (1 << 16):
-            err(f"{src}: limits.max_message_bytes must exceed max_block_bytes by 64 KiB")
-        la, ma = cfg.get("listen_address", "127.0.0.1:50051"), cfg.get("metrics_address", "127.0.0.1:9464")
-        if la == ma:
-            err(f"{src}: metrics_address must differ from listen_address")
-        if bool(cfg.get("tls_cert_file")) != bool(cfg.get("tls_key_file")):
-            err(f"{src}: set both tls_cert_file and tls_key_file, or neither")
-    except (ValueError, TypeError) as e:
-        err(f"{src}: {e}")
-
-def write_checkable(cfg, name):
-    """Copy for `kvcached --check_config`: local data_dir, no Secret paths."""
-    c = dict(cfg)
-    c["data_dir"] = os.path.join(tmp, name + ".data")
-    for k in ("auth_tokens_file", "tls_cert_file", "tls_key_file", "port_file"):
-        c.pop(k, None)
-    with open(os.path.join(tmp, name + ".kvcached.yaml"), "w") as f:
-        yaml.safe_dump(c, f, sort_keys=False)
-
-# ---------------------------------------------------------------- parse all
-files = sorted(set(glob.glob(os.path.join(deploy, "**", "*.yaml"), recursive=True)
-                   + glob.glob(os.path.join(deploy, "**", "*.yml"), recursive=True)))
-if not files:
-    err("no YAML files under deploy/")
-docs = []  # (file, index, doc)
-for p in files:
-    try:
-        with open(p) as f:
-            loaded = [d for d in yaml.safe_load_all(f) if d is not None]
-    except yaml.YAMLError as e:
-        err(f"{rel(p)}: does not parse as YAML: {e}")
-        continue
-    for i, d in enumerate(loaded):
-        docs.append((p, i, d))
-
-KUSTOMIZE_KINDS = {"Kustomization", "Component"}
-objects = []
-for p, i, d in docs:
-    where = f"{rel(p)} (document {i + 1})"
-    if p.startswith(os.path.join(deploy, "docker") + os.sep):
-        continue  # plain kvcached configs, handled below
-    if not isinstance(d, dict):
-        err(f"{where}: is not a mapping")
-        continue
-    for f in ("apiVersion", "kind"):
-        if not d.get(f):
-            err(f"{where}: missing {f}")
-    if d.get("kind") in KUSTOMIZE_KINDS:
-        base = os.path.dirname(p)
-        for r in d.get("resources", []) + d.get("components", []):
-            if not os.path.exists(os.path.join(base, r)):
-                err(f"{where}: lists '{r}', which does not exist")
-        for r in d.get("resources", []):
-            if "example" in r or r == "servicemonitor.yaml":
-                err(f"{where}: '{r}' must stay out of the default kustomization")
-        continue
-    md = d.get("metadata")
-    if not isinstance(md, dict) or not md.get("name"):
-        err(f"{where}: missing metadata.name")
-        continue
-    if "namespace" in md:
-        err(f"{where}: sets metadata.namespace; manifests must be namespace-agnostic")
-    objects.append((where, d))
-
-def find(kind, name=None):
-    return [(w, d) for w, d in objects
-            if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)]
-
-# ---------------------------------------------------------------- docker config
-for p in files:
-    if p.startswith(os.path.join(deploy, "docker") + os.sep) and p.endswith("kvcached.yaml"):
-        with open(p) as f:
-            cfg = yaml.safe_load(f)
-        flatten_config(cfg, rel(p))
-        if isinstance(cfg, dict):
-            check_config_values(cfg, rel(p))
-            write_checkable(cfg, "docker")
-
-# ---------------------------------------------------------------- ConfigMap
-cms = find("ConfigMap", "kvcached-config")
-sts = find("StatefulSet", "kvcached")
-if len(cms) != 1:
-    err(f"expected exactly one ConfigMap 'kvcached-config', found {len(cms)}")
-if len(sts) != 1:
-    err(f"expected exactly one StatefulSet 'kvcached', found {len(sts)}")
-
-cfg = None
-if len(cms) == 1:
-    where, cm = cms[0]
-    text = (cm.get("data") or {}).get("kvcached.yaml")
-    if text is None:
-        err(f"{where}: ConfigMap has no data key 'kvcached.yaml'")
-    else:
-        try:
-            cfg = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            err(f"{where}: embedded kvcached.yaml does not parse: {e}")
-        if cfg is not None:
-            flatten_config(cfg, f"{where} kvcached.yaml")
-            if isinstance(cfg, dict):
-                check_config_values(cfg, f"{where} kvcached.yaml")
-                write_checkable(cfg, "configmap")
-            else:
-                cfg = None
-
-# ---------------------------------------------------------------- StatefulSet vs config
-if cfg is not None and len(sts) == 1:
-    where, ss = sts[0]
-    spec = ss.get("spec", {})
-    pod = spec.get("template", {}).get("spec", {})
-    ctrs = [c for c in pod.get("containers", []) if c.get("name") == "kvcached"]
-    if not ctrs:
-        err(f"{where}: no container named 'kvcached'")
-    else:
-        c = ctrs[0]
-        try:
-            # --- shutdown
-            grace = absl_duration(cfg.get("shutdown_grace", "10s"), "shutdown_grace")
-            tgps = pod.get("terminationGracePeriodSeconds", 30)
-            pre = 0.0
-            cmd = (((c.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {}).get("command") or []
-            if len(cmd) >= 2 and os.path.basename(str(cmd[0])) == "sleep":
-                pre = float(cmd[1])
-            sleep_action = (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {})
-            if "seconds" in sleep_action:
-                pre = float(sleep_action["seconds"])
-            if not tgps > grace + pre:
-                err(f"{where}: terminationGracePeriodSeconds ({tgps}s) must exceed shutdown_grace "
-                    f"({grace:g}s) + preStop sleep ({pre:g}s), with room for the host-tier flush")
-            else:
-                notes.append(f"shutdown: terminationGracePeriodSeconds {tgps}s > shutdown_grace {grace:g}s "
-                             f"+ preStop {pre:g}s (flush budget {tgps - grace - pre:g}s)")
-
-            # --- memory
-            host = kvc_bytes(cfg.get("host_capacity_bytes", "1GiB"), "host_capacity_bytes")
-            bc = kvc_bytes(cfg.get("disk_block_cache_bytes", "64MiB"), "disk_block_cache_bytes")
-            res = c.get("resources") or {}
-            lim = (res.get("limits") or {}).get("memory")
-            req = (res.get("requests") or {}).get("memory")
-            if lim is None:
-                err(f"{where}: container kvcached has no memory limit")
-            else:
-                limit = k8s_quantity(lim, "resources.limits.memory")
-                headroom = max(1 << 30, host // 4)
-                need = host + bc + headroom
-                if not limit > host + bc:
-                    err(f"{where}: memory limit {lim} ({gib(limit)}) must exceed host_capacity_bytes "
-                        f"({gib(host)}) + disk_block_cache_bytes ({gib(bc)})")
-                elif limit < need:
-                    err(f"{where}: memory limit {lim} ({gib(limit)}) leaves only {gib(limit - host - bc)} "
-                        f"above host tier + block cache; need >= {gib(headroom)} "
-                        f"(max(1 GiB, 25% of host_capacity_bytes)) for RocksDB memtables, gRPC buffers "
-                        f"and fragmentation")
-                else:
-                    notes.append(f"memory: limit {gib(limit)} = host {gib(host)} + block cache {gib(bc)} "
-                                 f"+ headroom {gib(limit - host - bc)}")
-                if req is not None and k8s_quantity(req, "requests.memory") != limit:
-                    notes.append(f"memory: request {req} != limit {lim} (pod is not memory-guaranteed)")
-
-            # --- disk
-            disk = kvc_bytes(cfg.get("disk_capacity_bytes", "16GiB"), "disk_capacity_bytes")
-            dd = cfg.get("data_dir")
-            mounts = {m.get("mountPath"): m.get("name") for m in c.get("volumeMounts", [])}
-            vct = {t["metadata"]["name"]: t for t in spec.get("volumeClaimTemplates", [])}
-            data_vol = mounts.get(dd)
-            if data_vol is None or data_vol not in vct:
-                err(f"{where}: data_dir '{dd}' is not the mountPath of a volumeClaimTemplate")
-            else:
-                size = k8s_quantity(vct[data_vol]["spec"]["resources"]["requests"]["storage"], "storage")
-                if size < disk * 1.25:
-                    err(f"{where}: PVC '{data_vol}' ({gib(size)}) must be >= 1.25 x disk_capacity_bytes "
-                        f"({gib(disk)}) for RocksDB space amplification")
-                else:
-                    notes.append(f"disk: PVC {gib(size)} for disk_capacity_bytes {gib(disk)}")
-
-            # --- config file is where --config points
-            args = c.get("args", []) + c.get("command", [])
-            conf = [a.split("=", 1)[1] for a in args if str(a).startswith("--config=")]
-            cm_vol = [v["name"] for v in pod.get("volumes", [])
-                      if (v.get("configMap") or {}).get("name") == "kvcached-config"]
-            if not conf:
-                err(f"{where}: container args have no --config=")
-            elif not cm_vol or os.path.join(
-                    next((mp for mp, n in mounts.items() if n == cm_vol[0]), "/nonexistent"),
-                    "kvcached.yaml") != conf[0]:
-                err(f"{where}: --config={conf[0]} is not the ConfigMap's kvcached.yaml as mounted")
-
-            # --- auth tokens file lives in a mounted Secret
-            atf = cfg.get("auth_tokens_file")
-            if atf:
-                d_, key = os.path.split(atf)
-                vol = mounts.get(d_)
-                sec = [v for v in pod.get("volumes", []) if v.get("name") == vol and "secret" in v]
-                if not sec:
-                    err(f"{where}: auth_tokens_file {atf} is not inside a mounted Secret volume")
-                else:
-                    sname = sec[0]["secret"]["secretName"]
-                    for w, s in find("Secret", sname):
-                        data = set((s.get("data") or {})) | set((s.get("stringData") or {}))
-                        if key not in data:
-                            err(f"{w}: example Secret {sname} has no key '{key}' (auth_tokens_file)")
-            else:
-                notes.append("auth: auth_tokens_file is empty — authentication DISABLED")
-
-            # --- ports agree
-            gport = port_of(cfg.get("listen_address", "127.0.0.1:50051"), "listen_address")
-            mport = port_of(cfg.get("metrics_address", "127.0.0.1:9464"), "metrics_address")
-            if not str(cfg.get("listen_address", "")).startswith(("0.0.0.0:", "[::]:")):
-                err(f"{where}: listen_address must bind all interfaces in a pod (0.0.0.0:PORT)")
-            if cfg.get("metrics_address") and not str(cfg["metrics_address"]).startswith(("0.0.0.0:", "[::]:")):
-                err(f"{where}: metrics_address must bind all interfaces in a pod (0.0.0.0:PORT)")
-            cports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
-            if cports.get("grpc") != gport:
-                err(f"{where}: containerPort 'grpc' {cports.get('grpc')} != listen_address port {gport}")
-            if cports.get("metrics") != mport:
-                err(f"{where}: containerPort 'metrics' {cports.get('metrics')} != metrics_address port {mport}")
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                pr = c.get(probe)
-                if not pr:
-                    err(f"{where}: missing {probe}")
-                elif (pr.get("grpc") or {}).get("port") != gport:
-                    err(f"{where}: {probe} must be a grpc probe on port {gport}")
-            ann = (spec.get("template", {}).get("metadata", {}).get("annotations") or {})
-            if str(ann.get("prometheus.io/port")) != str(mport):
-                err(f"{where}: prometheus.io/port annotation != metrics port {mport}")
-
-            # --- security
-            sc = c.get("securityContext") or {}
-            psc = pod.get("securityContext") or {}
-            if not sc.get("readOnlyRootFilesystem"):
-                err(f"{where}: readOnlyRootFilesystem must be true")
-            if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
-                err(f"{where}: runAsNonRoot must be true")
-
-            # --- services select the pods
-            labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
-            sel = spec.get("selector", {}).get("matchLabels", {})
-            if any(labels.get(k) != v for k, v in sel.items()):
-                err(f"{where}: selector does not match the pod template labels")
-            svc_name = spec.get("serviceName")
-            heads = find("Service", svc_name)
-            if not heads or heads[0][1]["spec"].get("clusterIP") != "None":
-                err(f"{where}: serviceName '{svc_name}' must be a headless Service (clusterIP: None)")
-            for w, s in find("Service"):
-                ssel = s["spec"].get("selector", {})
-                if any(labels.get(k) != v for k, v in ssel.items()):
-                    err(f"{w}: selector does not match the kvcached pods")
-                for sp in s["spec"].get("ports", []):
-                    tp = sp.get("targetPort")
-                    if isinstance(tp, str) and tp not in cports:
-                        err(f"{w}: targetPort '{tp}' is not a container port name")
-            for w, pdb in find("PodDisruptionBudget"):
-                psel = pdb["spec"].get("selector", {}).get("matchLabels", {})
-                if any(labels.get(k) != v for k, v in psel.items()):
-                    err(f"{w}: selector does not match the kvcached pods")
-        except (ValueError, KeyError, TypeError) as e:
-            err(f"{where}: {type(e).__name__}: {e}")
-
-for n in notes:
-    print(f"check.sh: ok: {n}")
-if errors:
-    for e in errors:
-        print(f"check.sh: FAIL: {e}", file=sys.stderr)
-    sys.exit(1)
-print(f"check.sh: {len(files)} YAML files, {len(objects)} Kubernetes objects: static checks passed")
-PY
-
-if [ -z "$kvcached" ]; then
-  echo "check.sh: no kvcached binary given; skipped --check_config (pass build/cachesvc/server/kvcached as \$1)"
-  exit 0
-fi
-
-status=0
-for cfgfile in "$tmp"/*.kvcached.yaml; do
-  [ -e "$cfgfile" ] || continue
-  name="$(basename "$cfgfile" .kvcached.yaml)"
-  if out="$("$kvcached" --config="$cfgfile" --check_config 2>&1)"; then
-    echo "check.sh: ok: kvcached --check_config accepts the $name config"
-  else
-    echo "check.sh: FAIL: kvcached --check_config rejects the $name config:" >&2
-    printf '%s\n' "$out" | sed 's/^/    /' >&2
-    status=1
+for b in "$kvcached" "$worker"; do
+  if [ -n "$b" ] && [ ! -x "$b" ]; then
+    echo "check.sh: '$b' is not an executable" >&2
+    exit 2
   fi
 done
-exit $status
+
+tmp="$(mktemp -d)"
+pids=()
+# shellcheck disable=SC2317  # called by the trap
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# --------------------------------------------------------------- render
+variants=()
+render_rc=0
+bash "$here/render.sh" "$tmp/rendered" >"$tmp/variants" || render_rc=$?
+if [ "$render_rc" -eq 1 ]; then
+  echo "check.sh: FAIL: a kustomization does not render (above)" >&2
+  exit 1
+fi
+mapfile -t variants <"$tmp/variants"
+
+# --------------------------------------------------------------- static checks
+mkdir -p "$tmp/out"
+"$PY" "$here/check_manifests.py" "$repo" "$tmp/out" "$tmp/rendered" "${variants[@]}"
+
+# --------------------------------------------------------------- kvcached --check_config
+status=0
+if [ -z "$kvcached" ]; then
+  echo "check.sh: no kvcached binary given; skipped --check_config (pass build/cachesvc/server/kvcached as \$1)"
+else
+  for cfgfile in "$tmp"/out/check/*.kvcached.yaml; do
+    [ -e "$cfgfile" ] || continue
+    name="$(basename "$cfgfile" .kvcached.yaml)"
+    if out="$("$kvcached" --config="$cfgfile" --check_config 2>&1)"; then
+      echo "check.sh: ok: kvcached --check_config accepts the $name config"
+    else
+      echo "check.sh: FAIL: kvcached --check_config rejects the $name config:" >&2
+      printf '%s\n' "$out" | sed 's/^/    /' >&2
+      status=1
+    fi
+  done
+fi
+
+# --------------------------------------------------------------- smoke runs
+# smoke VARIANT: kvcached with the variant's config and kvc-worker-loop with
+# its worker environment, on loopback.
+smoke() {
+  local v=$1 dir="$tmp/out/smoke/$1" token tenant port uport log pid
+  token="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  tenant="$(cat "$dir/tenant")"
+  printf '%s %s\n' "$tenant" "$token" >"$dir/tokens"
+  log="$dir/kvcached.log"
+  "$kvcached" --config="$dir/kvcached.yaml" >"$log" 2>&1 &
+  pid=$!
+  pids+=("$pid")
+  for _ in $(seq 1 100); do
+    [ -s "$dir/grpc.port" ] && { ! grep -q ucx_listen_address "$dir/kvcached.yaml" || [ -s "$dir/ucx.port" ]; } && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ ! -s "$dir/grpc.port" ]; then
+    echo "check.sh: FAIL: smoke $v: kvcached did not start:" >&2
+    sed 's/^/    /' "$log" >&2
+    return 1
+  fi
+  port="$(cat "$dir/grpc.port")"
+  uport="$(cat "$dir/ucx.port" 2>/dev/null || true)"
+  # The worker's rendered environment, pointed at this kvcached.
+  local envargs=()
+  while IFS= read -r line; do envargs+=("$line"); done < <("$PY" - "$dir/worker-env.json" "$port" "$uport" "$token" "$repo" <<'PY'
+import json, os, re, sys
+env, port, uport, token, repo = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+# The image bakes third_party/<model>/ in at /opt/kvc/models/<model>/ (kvc-worker.Dockerfile).
+for k in ("FLAGS_model", "FLAGS_tokenizer"):
+    if env.get(k, "").startswith("/opt/kvc/models/"):
+        env[k] = os.path.join(repo, "third_party", env[k][len("/opt/kvc/models/"):])
+env["FLAGS_cache_service"] = re.sub(r"^(dns:///)?[^:]+:\d+$", lambda m: (m.group(1) or "") + "127.0.0.1:" + port,
+                                    env.get("FLAGS_cache_service", ""))
+if env.get("FLAGS_cache_ucx"):
+    env["FLAGS_cache_ucx"] = "127.0.0.1:" + uport if uport else ""
+if env.get("FLAGS_cache_ucx_port", "0") not in ("", "0"):
+    env["FLAGS_cache_ucx_port"] = uport or "0"
+env["FLAGS_cache_token"] = token
+env["FLAGS_ucx_net_devices"] = ""          # eth0 in a pod; any here
+env["FLAGS_threads"] = "1"
+env["FLAGS_steps"] = "16"
+env["FLAGS_metrics_address"] = ""          # its exporter takes 2 s to stop
+env["KVC_WORKER_RUNS"] = "2"
+env["KVC_WORKER_PAUSE_SECONDS"] = "0"
+for k, v in sorted(env.items()):
+    if "\n" in v:
+        sys.exit(f"{k} has a newline")
+    print(f"{k}={v}")
+PY
+)
+  local wlog="$dir/worker.log" rc=0
+  env -i PATH="$(dirname "$worker"):/usr/bin:/bin" HOME="$tmp" KVC_WORKER_BIN="$worker" \
+    KVC_WORKER_STATE_DIR="$dir/state" "${envargs[@]}" \
+    timeout 120 sh "$repo/deploy/docker/kvc-worker-loop.sh" >"$wlog" 2>&1 || rc=$?
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local summary
+  summary="$(grep '^cache service' "$wlog" || true)"
+  # Run 1 computes the prompt and stores its blocks; run 2 loads the leading
+  # block instead (and has nothing new to store).
+  if [ "$rc" -ne 0 ] || [ "$(printf '%s\n' "$summary" | wc -l)" -ne 2 ] ||
+     ! printf '%s\n' "$summary" | head -1 | grep -q 'stored [1-9]' ||
+     ! printf '%s\n' "$summary" | tail -1 | grep -q 'prefix [1-9][0-9]* of' ||
+     printf '%s\n' "$summary" | grep -q 'DEGRADED\|rejected [1-9]\|dropped [1-9]\|not flushed'; then
+    echo "check.sh: FAIL: smoke $v: kvc-worker-loop (exit $rc) did not store and reuse blocks:" >&2
+    sed 's/^/    worker: /' "$wlog" | tail -30 >&2
+    sed 's/^/    kvcached: /' "$log" | tail -15 >&2
+    return 1
+  fi
+  echo "check.sh: ok: smoke $v: run 1: $(printf '%s\n' "$summary" | head -1 | grep -o 'write-through stored [0-9]* blocks')," \
+       "run 2: $(printf '%s\n' "$summary" | tail -1 | grep -o '^cache service ([a-z]*): prefix [0-9]* of [0-9]* prompt tokens loaded')"
+}
+
+if [ -n "$kvcached" ] && [ -n "$worker" ] && [ ! -f "$repo/third_party/stories15M/model.bin" ]; then
+  echo "check.sh: third_party/stories15M is missing (scripts/setup.sh fetches it); skipped the smoke runs"
+elif [ -n "$kvcached" ] && [ -n "$worker" ]; then
+  for v in "${variants[@]}"; do
+    [ -d "$tmp/out/smoke/$v" ] || continue
+    smoke "$v" || status=1
+  done
+elif [ -n "$kvcached" ]; then
+  echo "check.sh: no kvc-worker binary given; skipped the smoke runs (pass build/worker/kvc-worker as \$2)"
+fi
+
+if [ "$status" -ne 0 ]; then exit "$status"; fi
+if [ "$render_rc" -eq 77 ]; then
+  echo "check.sh: SKIPPED the rendered variants: kubectl is not installed (the checks above passed)"
+  exit 77
+fi
+exit 0

@@ -47,3 +47,11 @@ fi
 
 # The real model and corpus (third_party/, never committed).
 bash "$(dirname "${BASH_SOURCE[0]}")/fetch_data.sh"
+
+# The deployment validator's pinned npm packages (deploy/validate/node_modules;
+# ctest deploy_validate). A no-op when they are installed; absent from the
+# container builds, which copy scripts/ alone.
+validate_dir="$(dirname "${BASH_SOURCE[0]}")/../deploy/validate"
+if [ -f "$validate_dir/package-lock.json" ]; then
+  bash "$validate_dir/install.sh"
+fi

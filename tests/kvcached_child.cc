@@ -25,15 +25,15 @@ KvcachedChild::~KvcachedChild() {
   if (pid_ > 0) Kill(SIGKILL);
 }
 
-std::string KvcachedChild::address() const { return absl::StrCat("127.0.0.1:", port_); }
-std::string KvcachedChild::ucx_address() const { return absl::StrCat("127.0.0.1:", ucx_port_); }
+std::string KvcachedChild::address() const { return absl::StrCat(options_.host, ":", port_); }
+std::string KvcachedChild::ucx_address() const { return absl::StrCat(options_.host, ":", ucx_port_); }
 
 void KvcachedChild::Start() {
   std::filesystem::remove(dir_ + "/port");
   std::filesystem::remove(dir_ + "/ucx_port");
   const ServerOptions o = TestServerOptions(dir_);  // writes the tokens file
   std::vector<std::string> args = {KVC_KVCACHED_PATH,
-                                   absl::StrCat("--listen_address=127.0.0.1:", options_.port),
+                                   absl::StrCat("--listen_address=", options_.host, ":", options_.port),
                                    "--port_file=" + dir_ + "/port",
                                    "--data_dir=" + o.data_dir,
                                    "--metrics_address=",
@@ -42,7 +42,7 @@ void KvcachedChild::Start() {
                                    "--host_shards=4",
                                    "--log_level=warning"};
   if (options_.ucx) {
-    args.push_back(absl::StrCat("--ucx_listen_address=127.0.0.1:", options_.ucx_port));
+    args.push_back(absl::StrCat("--ucx_listen_address=", options_.host, ":", options_.ucx_port));
     args.push_back("--ucx_port_file=" + dir_ + "/ucx_port");
   }
   args.insert(args.end(), options_.extra_args.begin(), options_.extra_args.end());

@@ -17,6 +17,9 @@ struct KvcachedChildOptions {
   bool ucx = false;
   // Host tier budget (small: blocks spill to RocksDB soon). Default 4 MiB.
   std::string host_capacity = "4MiB";
+  // The address to listen on (gRPC and UCX): any 127.x.y.z is loopback, so
+  // several children can share ports on different addresses. Default 127.0.0.1.
+  std::string host = "127.0.0.1";
   // Ports to bind; 0 picks free ones (a restart then reuses the chosen ones).
   int port = 0;
   int ucx_port = 0;
@@ -35,6 +38,8 @@ class KvcachedChild {
   KvcachedChild& operator=(const KvcachedChild&) = delete;
 
   int port() const { return port_; }
+  // The child's process id, -1 when it is not running.
+  pid_t pid() const { return pid_; }
   int ucx_port() const { return ucx_port_; }
   std::string address() const;
   std::string ucx_address() const;

@@ -22,100 +22,20 @@ SHARD=${1:?usage: $0 KVC_SHARD KVC_WORKER MODEL_DIR}
 WORKER=${2:?usage: $0 KVC_SHARD KVC_WORKER MODEL_DIR}
 MODEL_DIR=${3:?usage: $0 KVC_SHARD KVC_WORKER MODEL_DIR}
 
-skip() {
-  echo "SKIPPED: $*"
-  exit 77
-}
-[[ $(id -u) -eq 0 ]] || skip "the multi-host test needs root for ip netns (uid $(id -u))"
-command -v ip >/dev/null || skip "no ip command (iproute2)"
-unshare --help 2>&1 | grep -q -- --kill-child || skip "unshare has no --kill-child"
+. "$(dirname "${BASH_SOURCE[0]}")/netns_lib.sh"
+netns_init kcp 240
 [[ -f $MODEL_DIR/model.bin && -f $MODEL_DIR/tokenizer.bin ]] || skip "no stories15M model in $MODEL_DIR"
-
-P="kcp$$"
-T0=$(date +%s%N)
-elapsed() { local ms=$((($(date +%s%N) - T0) / 1000000)); printf '%d.%03d' $((ms / 1000)) $((ms % 1000)); }
-ok() { echo "[$(elapsed) s] ok: $*"; }
-die() {
-  echo "FAILED: $*" >&2
-  exit 1
-}
-
-# Namespaces of earlier runs whose process is gone.
-for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^kcp[0-9]+[a-z]' || true); do
-  pid=${ns#kcp}
-  pid=${pid%%[a-z]*}
-  if ! kill -0 "$pid" 2>/dev/null; then
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-  fi
-done
-ip netns add "${P}probe" 2>/dev/null || skip "cannot create a network namespace here"
-ip netns del "${P}probe"
-
-WORK=$(mktemp -d /tmp/kvc-netns-cp.XXXXXX)
-NETNS=()
-PIDS=()
-cleanup() {
-  local rc=$?
-  set +e
-  trap - EXIT INT TERM
-  [[ -n ${WATCHDOG:-} ]] && kill -TERM "$WATCHDOG" 2>/dev/null
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-  for ns in "${NETNS[@]}"; do ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null; done
-  wait 2>/dev/null
-  for ns in "${NETNS[@]}"; do ip netns del "$ns" 2>/dev/null; done
-  if [[ $rc -ne 0 ]]; then
-    for log in "$WORK"/*.log; do
-      [[ -s $log ]] && { echo "--- $log (last lines)"; tail -n 15 "$log"; }
-    done
-  fi
-  rm -rf "$WORK"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'echo "interrupted"; exit 130' INT TERM
-watchdog() {
-  sleep 240 &
-  local s=$!
-  trap 'kill $s 2>/dev/null; exit 0' TERM
-  wait "$s"
-  echo "FAILED: watchdog: the test ran 240 s" >&2
-  kill -TERM $$
-}
-watchdog &
-WATCHDOG=$!
-
-SW="${P}sw"
-make_ns() {
-  ip netns add "$1"
-  NETNS+=("$1")
-  ip -n "$1" link set lo up
-}
-make_ns "$SW"
-ip -n "$SW" link add br0 type bridge
-ip -n "$SW" link set br0 up
-host() {
-  local ns="${P}$1"
-  make_ns "$ns"
-  ip link add "${P}$1" netns "$ns" type veth peer name "${P}$1b" netns "$SW"
-  ip -n "$ns" link set "${P}$1" name eth0
-  ip -n "$ns" addr add "$2/24" dev eth0
-  ip -n "$ns" link set eth0 up
-  ip -n "$SW" link set "${P}$1b" master br0 up
-}
+netns_bridge
 for i in 1 2 3; do host "s$i" "10.78.0.2$i"; done
 host w 10.78.0.100
 ok "network: bridge + 4 namespaces (${P}s1..s3, ${P}w), 10.78.0.0/24"
 
-PDEATH=()
-setpriv --help 2>&1 | grep -q -- --pdeathsig && PDEATH=(setpriv --pdeathsig KILL)
 declare -A SHARD_PID
 start_shard() {
   local i=$1 addr="10.78.0.2$1"
   rm -f "$WORK/s$i.port"
-  "${PDEATH[@]}" ip netns exec "${P}s$i" unshare --ipc --pid --fork --mount-proc --kill-child \
-    "$SHARD" --listen="$addr:7100" --port_file="$WORK/s$i.port" --ucx_tls=tcp --ucx_net_devices=eth0 \
-    >>"$WORK/s$i.log" 2>&1 &
+  isolated "${P}s$i" "$SHARD" --listen="$addr:7100" --port_file="$WORK/s$i.port" --ucx_tls=tcp \
+    --ucx_net_devices=eth0 >>"$WORK/s$i.log" 2>&1 &
   SHARD_PID[$i]=$!
   PIDS+=($!)
   disown "$!"

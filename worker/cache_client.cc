@@ -1,5 +1,6 @@
 #include "worker/cache_client.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "common/hash.h"
@@ -123,7 +124,9 @@ absl::StatusOr<v1::InfoResponse> CacheClient::Info() {
 absl::StatusOr<bool> CacheClient::Healthy() {
   auto health = grpc::health::v1::Health::NewStub(channel_);
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // At most 5 s, and never longer than the client's own call deadline.
+  const int64_t ms = std::min<int64_t>(5000, absl::ToInt64Milliseconds(options_.timeout));
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
   grpc::health::v1::HealthCheckResponse resp;
   grpc::Status s = health->Check(&ctx, grpc::health::v1::HealthCheckRequest(), &resp);
   if (!s.ok()) return FromGrpc(s);

@@ -34,6 +34,7 @@
 #include "kernels/thread_pool.h"
 #include "worker/cache/device_full_attention.h"
 #include "worker/cache/policy_factory.h"
+#include "worker/cache/token_select.h"
 #include "worker/eval/passkey.h"
 #include "worker/kv/service_link.h"
 #include "worker/eval/less_samples.h"
@@ -43,6 +44,7 @@
 #include "worker/model/sampler.h"
 #include "worker/model/tokenizer.h"
 #include "worker/model/transformer.h"
+#include "worker/peer/context_parallel.h"
 
 ABSL_FLAG(std::string, model, "third_party/stories15M/model.bin", "llama2.c checkpoint");
 ABSL_FLAG(std::string, tokenizer, "third_party/stories15M/tokenizer.bin", "llama2.c tokenizer");
@@ -89,9 +91,24 @@ ABSL_FLAG(int, less_steps, 200, "less-train: full-batch Adam steps per layer");
 ABSL_FLAG(double, less_lr, 0.02, "less-train: Adam learning rate");
 ABSL_FLAG(std::string, out, "less_kernels.bin", "less-train: the kernels file to write");
 ABSL_FLAG(std::string, cache_service, "",
-          "generate: the cache service's gRPC address (host:port); the sequence's KV is written through to it, "
-          "its prompt's cached prefix is loaded, and RefreshKV keeps its full context there. \"\" = none");
-ABSL_FLAG(std::string, cache_ucx, "", "generate: the cache service's UCX address (host:port) for bulk KV");
+          "generate: the cache service's gRPC address: host:port, or a cluster as h1:p1,h2:p2 or dns:///name:port "
+          "(every A/AAAA record a member, e.g. a headless Service; re-resolved while running). The sequence's KV "
+          "is written through to it, its prompt's cached prefix is loaded, and RefreshKV keeps its full context "
+          "there. \"\" = none");
+ABSL_FLAG(std::string, cache_ucx, "",
+          "generate: the cache service's UCX address (host:port) for bulk KV, with one --cache_service member");
+ABSL_FLAG(int, cache_ucx_port, 0,
+          "generate: the UCX port of every cache-service member (same host as its gRPC address); 0 = gRPC only "
+          "(or --cache_ucx)");
+ABSL_FLAG(int, cache_replicas, 1,
+          "generate, cluster: copies of each block written with --cache_write_through_disk (1 or 2); other blocks "
+          "are written once");
+ABSL_FLAG(int, cache_member_timeout_ms, 2000,
+          "generate, cluster: bound on every call to one member; a member that fails or exceeds it is skipped "
+          "(its blocks are misses) for --cache_member_backoff_ms");
+ABSL_FLAG(int, cache_member_backoff_ms, 5000, "generate, cluster: how long a failed member is skipped");
+ABSL_FLAG(bool, cache_write_through_disk, false,
+          "generate: the service syncs each written block to disk before acknowledging it (durable)");
 ABSL_FLAG(std::string, transport, "auto", "generate: ucx, grpc, or auto (UCX when --cache_ucx answers, else gRPC)");
 ABSL_FLAG(std::string, ucx_tls, "", "generate: UCX transports of the client (UCX_TLS), e.g. sm or tcp");
 ABSL_FLAG(std::string, ucx_net_devices, "", "generate: UCX network devices of the client (UCX_NET_DEVICES), e.g. lo");
@@ -103,6 +120,12 @@ ABSL_FLAG(bool, prefix_reuse, true, "generate: load the prompt's cached prefix i
 ABSL_FLAG(bool, prefix_exact, true,
           "generate: load whole prefill chunks only (256 tokens), so the logits are bit for bit those of computing "
           "the prompt; false loads every cached block (the rest runs in other chunks: equal within fp32 rounding)");
+ABSL_FLAG(std::string, context_peers, "",
+          "generate: kvc-shard addresses (host:port,...) to spread the context over (context parallelism; the "
+          "policy must be tokenselect, whose lse_block defaults to --context_range_tokens here)");
+ABSL_FLAG(int64_t, context_local_tokens, 8192,
+          "generate, with --context_peers: tokens a layer keeps locally before its oldest range moves to a peer");
+ABSL_FLAG(int64_t, context_range_tokens, 4096, "generate, with --context_peers: tokens per range moved to a peer");
 ABSL_FLAG(std::string, metrics_address, "", "generate: serve Prometheus /metrics here (host:port) while running");
 
 namespace {
@@ -116,6 +139,9 @@ constexpr char kUsage[] = R"(run the model with a KV cache policy.
 
   kvc-worker generate   [--prompt=TEXT --steps=N --temperature=T --top_p=P --policy=SPEC --backend=cpu|cuda]
                         [--cache_service=HOST:PORT --cache_ucx=HOST:PORT --transport=auto|ucx|grpc --cache_token=T]
+                        [--cache_service=H1:P1,H2:P2|dns:///NAME:PORT --cache_ucx_port=P --cache_replicas=1|2
+                         --cache_member_timeout_ms=2000 --cache_write_through_disk]
+                        [--context_peers=H1:P1,H2:P2 --context_local_tokens=8192 --context_range_tokens=4096]
   kvc-worker perplexity [--text=moby|generated|FILE --tokens=N --policies=A;B --budgets=64,128 --stride=16]
   kvc-worker passkey    [--filler=1024,4096 --trials=20 --policies=A;B --budgets=...]
   kvc-worker speed      [--contexts=1024,8192,32768 --policies=A;B --budgets=...]
@@ -273,6 +299,21 @@ absl::Status Generate() {
   } else {
     KVC_ASSIGN_OR_RETURN(policy, kvc::cache::MakePolicy(r.model->config(), absl::GetFlag(FLAGS_policy)));
   }
+  if (const std::string peers = absl::GetFlag(FLAGS_context_peers); !peers.empty()) {
+    // The context spread over kvc-shard peers (worker/peer/context_parallel.h).
+    const auto* ts = dynamic_cast<const kvc::cache::TokenSelectPolicy*>(policy.get());
+    if (ts == nullptr) return absl::InvalidArgumentError("--context_peers needs --policy=tokenselect:...");
+    kvc::peer::ContextParallelOptions co;
+    co.select = ts->options();
+    co.local_tokens = absl::GetFlag(FLAGS_context_local_tokens);
+    co.range_tokens = absl::GetFlag(FLAGS_context_range_tokens);
+    if (co.select.lse_block == 0) co.select.lse_block = co.range_tokens;
+    kvc::ucx::UcxOptions ucx;
+    ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
+    ucx.net_devices = absl::GetFlag(FLAGS_ucx_net_devices);
+    KVC_ASSIGN_OR_RETURN(auto clients, kvc::peer::ConnectPeers(absl::StrSplit(peers, ','), ucx, absl::Seconds(30)));
+    KVC_ASSIGN_OR_RETURN(policy, kvc::peer::ContextParallelTokenSelect::Create(r.model->config(), co, std::move(clients)));
+  }
   // With a cache service: write-through, rehydration, the cached prefix.
   std::unique_ptr<kvc::ServiceLink> link;
   std::unique_ptr<kvc::WriteThroughCache> synced;
@@ -288,6 +329,17 @@ absl::Status Generate() {
     lo.client.ucx.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
     lo.client.ucx.ucx.net_devices = absl::GetFlag(FLAGS_ucx_net_devices);
     lo.client.ucx.timeout = absl::Seconds(10);
+    // Several members: blocks placed over them by rendezvous hashing (worker/kv/cluster_block_client.h).
+    KVC_ASSIGN_OR_RETURN(lo.cluster, kvc::ParseClusterTarget(absl::GetFlag(FLAGS_cache_service)));
+    lo.cluster.ucx_port = absl::GetFlag(FLAGS_cache_ucx_port);
+    lo.cluster.replicas = absl::GetFlag(FLAGS_cache_replicas);
+    lo.cluster.member_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_cache_member_timeout_ms));
+    lo.cluster.down_backoff = absl::Milliseconds(absl::GetFlag(FLAGS_cache_member_backoff_ms));
+    if (!lo.cluster.single() && !lo.client.ucx.address.empty()) {
+      return absl::InvalidArgumentError(
+          "--cache_ucx is one member's UCX address; with several members give --cache_ucx_port");
+    }
+    lo.writer.write_through_disk = absl::GetFlag(FLAGS_cache_write_through_disk);
     lo.sync.tenant = absl::GetFlag(FLAGS_cache_tenant);
     lo.sync.model = absl::GetFlag(FLAGS_cache_model);
     lo.sync.block_tokens = absl::GetFlag(FLAGS_block_tokens);
@@ -351,6 +403,15 @@ absl::Status Generate() {
                  static_cast<unsigned long long>(ws.rejected), synced->offloaded() ? "; full context kept in the service" : "",
                  ws.degraded ? "; DEGRADED: the service was unreachable" : "",
                  flushed.ok() ? "" : absl::StrCat("; not flushed: ", flushed.message()).c_str());
+    if (const kvc::ClusterBlockClient* c = link->cluster(); c != nullptr) {
+      const kvc::ClusterStats cs = c->stats();
+      std::fprintf(stderr,
+                   "cache cluster: %lld members (%lld down), %llu member failures, %llu misses on down members, "
+                   "%llu fallback puts, %llu fallback hits\n",
+                   static_cast<long long>(cs.members), static_cast<long long>(cs.down),
+                   static_cast<unsigned long long>(cs.member_failures), static_cast<unsigned long long>(cs.down_misses),
+                   static_cast<unsigned long long>(cs.fallback_puts), static_cast<unsigned long long>(cs.fallback_hits));
+    }
   }
   std::printf("\n");
   return absl::OkStatus();

@@ -60,6 +60,7 @@ class TokenSelectPolicy : public CachePolicy {
   std::string name() const override;
   PolicyStats stats() const override;
   size_t bytes_per_token() const override { return layers_.front().slot_bytes() * layers_.size(); }
+  const TokenSelectOptions& options() const { return options_; }
   // Chunks that reused the previous selection / chose a new one, all layers.
   int64_t cache_hits() const { return hits_; }
   int64_t selections() const { return selections_; }

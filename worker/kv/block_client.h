@@ -6,6 +6,8 @@
 //     UCX, control (Lookup, health) over gRPC.
 // MakeBlockClient (worker/kv/block_client_factory.h) picks one from
 // configuration and falls back to gRPC when UCX is unavailable or disabled.
+// ClusterBlockClient (worker/kv/cluster_block_client.h) spreads blocks over
+// several services, one such client per member.
 //
 // Blocks travel as serialized kvcache.v1.Block messages (the service's wire
 // and storage format): a Put hands over encoded blocks (EncodeBlock in
@@ -32,7 +34,7 @@ namespace kvc {
 // Where a block was found (kvcache.v1.Tier).
 enum class BlockTier { kNone = 0, kHost = 1, kDisk = 2 };
 
-// One answer of a Get, in the order of the keys asked for.
+// One answer of a Get: the key at `index` of the request.
 struct GotBlock {
   uint32_t index = 0;          // index of the key in the request
   BlockTier tier = BlockTier::kNone;
@@ -50,12 +52,15 @@ class BlockClient {
 
   // Stores the blocks (each a serialized kvcache.v1.Block) in one request.
   // With `write_through` the service syncs them to disk before answering.
-  // The whole request fails or succeeds; the status says why it failed.
+  // The whole request fails or succeeds; the status says why it failed
+  // (ClusterBlockClient: OK when every block is stored on some member).
   virtual absl::Status Put(std::span<const absl::string_view> blocks, bool write_through) = 0;
 
-  // Fetches `keys`; calls `on_block` once per key, in key order. Returns the
-  // transfer's own status (a dropped connection, a deadline): misses are not
-  // errors of the call.
+  // Fetches `keys`; calls `on_block` once per key (GotBlock::index says
+  // which), never concurrently, in no promised order: the single-service
+  // clients answer in key order, ClusterBlockClient as its members answer.
+  // Returns the transfer's own status (a dropped connection, a deadline):
+  // misses are not errors of the call.
   virtual absl::Status Get(std::span<const BlockKey> keys, absl::FunctionRef<void(GotBlock&)> on_block) = 0;
 
   // How many leading blocks of the hash chain `hashes` are cached for every

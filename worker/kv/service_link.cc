@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "cachesvc/cached_block.h"
 #include "common/status_macros.h"
+#include "worker/kv/cluster_metrics.h"
 #include "worker/cache/combined.h"
 #include "worker/cache/refresh_kv.h"
 #include "worker/cache/token_select.h"
@@ -17,13 +18,36 @@ namespace kvc {
 absl::StatusOr<std::unique_ptr<ServiceLink>> ServiceLink::Start(const ServiceLinkOptions& options) {
   KVC_RETURN_IF_ERROR(options.sync.Validate());
   KVC_RETURN_IF_ERROR(options.writer.Validate());
-  KVC_RETURN_IF_ERROR(ValidateBlockClientOptions(options.client));
+  const ClusterOptions& cluster = options.cluster;
+  const bool several = !(cluster.members.empty() && cluster.dns.empty()) && !cluster.single();
+  BlockClientOptions client_options = options.client;
+  if (cluster.single()) {
+    // One member: the plain client, as without a cluster.
+    KVC_RETURN_IF_ERROR(cluster.Validate());
+    const ClusterMember& m = cluster.members.front();
+    client_options.grpc.address = m.address;
+    const int ucx_port = m.ucx_port > 0 ? m.ucx_port : cluster.ucx_port;
+    if (ucx_port > 0 && client_options.ucx.address.empty()) {
+      client_options.ucx.address = absl::StrCat(m.address.substr(0, m.address.rfind(':')), ":", ucx_port);
+    }
+  }
+  if (!several) KVC_RETURN_IF_ERROR(ValidateBlockClientOptions(client_options));
   std::unique_ptr<ServiceLink> link(new ServiceLink(options));
-  const BlockClientOptions client_options = options.client;
-  link->client_ = std::make_unique<ResilientBlockClient>([client_options] { return MakeBlockClient(client_options); },
-                                                         options.reconnect);
+  if (several) {
+    ClusterBlockClientOptions co;
+    co.cluster = cluster;
+    co.member = client_options;
+    co.reconnect = options.reconnect;
+    KVC_ASSIGN_OR_RETURN(std::unique_ptr<ClusterBlockClient> c, ClusterBlockClient::Create(std::move(co)));
+    link->cluster_ = c.get();
+    link->client_ = std::move(c);
+  } else {
+    link->client_ = std::make_unique<ResilientBlockClient>(
+        [client_options] { return MakeBlockClient(client_options); }, options.reconnect);
+  }
   link->writer_ = std::make_unique<BlockWriter>(link->client_.get(), options.writer);
   link->metrics_ = std::make_shared<KvMetrics>(link->writer_.get());
+  if (link->cluster_ != nullptr) link->cluster_metrics_ = std::make_shared<ClusterMetrics>(link->cluster_);
   if (!options.metrics_address.empty()) {
     try {
       link->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_address, 1);
@@ -32,6 +56,7 @@ absl::StatusOr<std::unique_ptr<ServiceLink>> ServiceLink::Start(const ServiceLin
           absl::StrCat("cannot serve metrics on ", options.metrics_address, ": ", e.what()));
     }
     link->exposer_->RegisterCollectable(link->metrics_);
+    if (link->cluster_metrics_ != nullptr) link->exposer_->RegisterCollectable(link->cluster_metrics_);
     const std::vector<int> ports = link->exposer_->GetListeningPorts();
     link->metrics_port_ = ports.empty() ? 0 : ports.front();
   }

