@@ -19,8 +19,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/allocator.h"
-#include "common/help_flags.h"
+#include "bench/bench_table.h"
 #include "common/progress.h"
 #include "common/status_macros.h"
 #include "worker/cache/token_select.h"
@@ -45,15 +44,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
 
-void Row(const std::string& name, const std::string& value, const std::string& note) {
-  std::printf("%-58s %14s  %s\n", name.c_str(), value.c_str(), note.c_str());
-  std::fflush(stdout);
-}
 
 absl::Status Run() {
   KVC_ASSIGN_OR_RETURN(std::unique_ptr<model::Checkpoint> ckpt, model::Checkpoint::Load(absl::GetFlag(FLAGS_model)));
@@ -156,16 +147,9 @@ absl::Status Run() {
 }  // namespace kvc::bench
 
 int main(int argc, char** argv) {
-  kvc::TuneAllocatorForLargeBuffers();
-  absl::SetProgramUsageMessage(
-      "context_parallel_bench: TokenSelect with the context split over shard servers vs one worker.\n"
-      "  context_parallel_bench [--context=16384 --shards=2 --k=128 --steps=32]");
-  kvc::ShowFlagsOfFileInHelp("context_parallel_bench");
-  absl::ParseCommandLine(argc, argv);
-  const absl::Status s = kvc::bench::Run();
-  if (!s.ok()) {
-    std::fprintf(stderr, "context_parallel_bench: %s\n", s.ToString().c_str());
-    return 1;
-  }
-  return 0;
+  return kvc::bench::BenchMain(
+      argc, argv, "context_parallel_bench",
+      "TokenSelect with the context split over shard servers vs one worker.\n"
+      "  context_parallel_bench [--context=16384 --shards=2 --k=128 --steps=32]",
+      &kvc::bench::Run);
 }

@@ -24,9 +24,8 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_table.h"
 #include "bench/bench_kvcached.h"
-#include "common/allocator.h"
-#include "common/help_flags.h"
 #include "common/status_macros.h"
 #include "worker/cache/policy_factory.h"
 #include "worker/cache/combined.h"
@@ -55,15 +54,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
 
-void Row(const std::string& name, const std::string& value, const std::string& note) {
-  std::printf("%-58s %14s  %s\n", name.c_str(), value.c_str(), note.c_str());
-  std::fflush(stdout);
-}
 
 struct Bench {
   std::unique_ptr<model::Checkpoint> ckpt;
@@ -273,17 +264,10 @@ absl::Status Run() {
 }  // namespace kvc::bench
 
 int main(int argc, char** argv) {
-  kvc::TuneAllocatorForLargeBuffers();
-  absl::SetProgramUsageMessage(
-      "kv_service_bench: time to first token with a cached prefix and the cost of a refresh step, against a "
+  return kvc::bench::BenchMain(
+      argc, argv, "kv_service_bench",
+      "time to first token with a cached prefix and the cost of a refresh step, against a "
       "kvcached child.\n  kv_service_bench [--prompt_tokens=16384] [--transports=ucx_sm,ucx_tcp,grpc] "
-      "[--block_tokens=256]");
-  kvc::ShowFlagsOfFileInHelp("kv_service_bench");
-  absl::ParseCommandLine(argc, argv);
-  const absl::Status s = kvc::bench::Run();
-  if (!s.ok()) {
-    std::fprintf(stderr, "kv_service_bench: %s\n", s.ToString().c_str());
-    return 1;
-  }
-  return 0;
+      "[--block_tokens=256]",
+      &kvc::bench::Run);
 }

@@ -27,7 +27,8 @@
 namespace kvc::peer {
 namespace {
 
-model::ModelConfig SmallModel() { return testing::ModelShape(64, 96, 2, 4, 2, 50); }
+model::ModelConfig SmallModel() { return testing::TinyModel(); }
+using ModelFixture = testing::TinyModelRuntime;
 
 ucx::UcxOptions Loopback() {
   ucx::UcxOptions u;
@@ -52,16 +53,6 @@ struct Shards {
     auto c = ConnectPeers(addresses, Loopback(), absl::Seconds(10));
     EXPECT_TRUE(c.ok()) << c.status();
     clients = std::move(*c);
-  }
-};
-
-struct ModelFixture {
-  std::unique_ptr<model::Checkpoint> ckpt = *model::Checkpoint::Random(SmallModel(), 5, 0.2f);
-  std::unique_ptr<model::Transformer> model;
-  ModelFixture() {
-    model::TransformerOptions o;
-    o.max_chunk = 16;
-    model = *model::Transformer::Create(ckpt.get(), o);
   }
 };
 

@@ -39,7 +39,7 @@
 namespace kvc {
 namespace {
 
-model::ModelConfig SmallModel() { return testing::ModelShape(64, 96, 2, 4, 2, 50, /*seq_len=*/512); }
+model::ModelConfig SmallModel() { return testing::TinyModel(/*seq_len=*/512); }
 
 std::vector<int32_t> Tokens(int n, uint64_t seed) { return testing::RandomTokens(n, SmallModel().vocab_size, seed); }
 

@@ -4,10 +4,12 @@
 #define KVC_TESTS_MODEL_TEST_UTIL_H_
 
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <vector>
 
 #include "worker/model/checkpoint.h"
+#include "worker/model/transformer.h"
 
 namespace kvc::testing {
 
@@ -23,6 +25,23 @@ inline model::ModelConfig ModelShape(int32_t dim, int32_t hidden, int32_t layers
   c.seq_len = seq_len;
   return c;
 }
+
+// A model small enough to run hundreds of times per test: 2 layers, 4
+// query heads over 2 KV heads of dim 16, a vocabulary of 50.
+inline model::ModelConfig TinyModel(int32_t seq_len = 64) { return ModelShape(64, 96, 2, 4, 2, 50, seq_len); }
+
+// TinyModel with random weights (the same for the same seed), run in
+// prefill passes of max_chunk tokens.
+struct TinyModelRuntime {
+  explicit TinyModelRuntime(uint64_t seed = 5, int max_chunk = 16, int32_t seq_len = 64)
+      : ckpt(*model::Checkpoint::Random(TinyModel(seq_len), seed, 0.2f)) {
+    model::TransformerOptions o;
+    o.max_chunk = max_chunk;
+    model = *model::Transformer::Create(ckpt.get(), o);
+  }
+  std::unique_ptr<model::Checkpoint> ckpt;
+  std::unique_ptr<model::Transformer> model;
+};
 
 // n token ids in [0, vocab), the same for the same seed.
 inline std::vector<int32_t> RandomTokens(int n, int32_t vocab, uint64_t seed) {

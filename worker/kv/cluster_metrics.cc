@@ -3,36 +3,24 @@
 #include <string>
 #include <utility>
 
+#include "worker/kv/kv_metrics.h"
+
 namespace kvc {
-namespace {
 
 using prometheus::MetricType;
-
-prometheus::ClientMetric Value(MetricType type, double v, std::vector<prometheus::ClientMetric::Label> labels = {}) {
-  prometheus::ClientMetric m;
-  m.label = std::move(labels);
-  if (type == MetricType::Counter) {
-    m.counter.value = v;
-  } else {
-    m.gauge.value = v;
-  }
-  return m;
-}
-
-}  // namespace
 
 std::vector<prometheus::MetricFamily> ClusterMetrics::Collect() const {
   const ClusterStats s = client_->stats();
   std::vector<prometheus::MetricFamily> out;
   auto counter = [&](const char* name, const char* help, double v) {
-    out.push_back(prometheus::MetricFamily{name, help, MetricType::Counter, {Value(MetricType::Counter, v)}});
+    out.push_back(prometheus::MetricFamily{name, help, MetricType::Counter, {MetricSample(MetricType::Counter, v)}});
   };
   out.push_back(
       prometheus::MetricFamily{"kvc_worker_cache_members",
                                "Cache-service members, live or down (skipped within their backoff).",
                                MetricType::Gauge,
-                               {Value(MetricType::Gauge, static_cast<double>(s.members - s.down), {{"state", "live"}}),
-                                Value(MetricType::Gauge, static_cast<double>(s.down), {{"state", "down"}})}});
+                               {MetricSample(MetricType::Gauge, static_cast<double>(s.members - s.down), {{"state", "live"}}),
+                                MetricSample(MetricType::Gauge, static_cast<double>(s.down), {{"state", "down"}})}});
   counter("kvc_worker_cache_member_failures_total",
           "Calls to one cache-service member that failed as unreachable or slow.",
           static_cast<double>(s.member_failures));
@@ -49,8 +37,8 @@ std::vector<prometheus::MetricFamily> ClusterMetrics::Collect() const {
       "kvc_worker_cache_membership_refreshes_total",
       "Resolutions of the cache-service membership (DNS), by result.",
       MetricType::Counter,
-      {Value(MetricType::Counter, static_cast<double>(s.refreshes - s.refresh_errors), {{"result", "ok"}}),
-       Value(MetricType::Counter, static_cast<double>(s.refresh_errors), {{"result", "error"}})}});
+      {MetricSample(MetricType::Counter, static_cast<double>(s.refreshes - s.refresh_errors), {{"result", "ok"}}),
+       MetricSample(MetricType::Counter, static_cast<double>(s.refresh_errors), {{"result", "error"}})}});
   counter("kvc_worker_cache_membership_changes_total", "Changes of the cache-service membership.",
           static_cast<double>(s.membership_changes));
   return out;

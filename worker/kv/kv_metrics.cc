@@ -5,32 +5,18 @@
 #include <utility>
 
 namespace kvc {
-namespace {
 
 using prometheus::MetricType;
-
-prometheus::ClientMetric Value(MetricType type, double v, std::vector<prometheus::ClientMetric::Label> labels = {}) {
-  prometheus::ClientMetric m;
-  m.label = std::move(labels);
-  if (type == MetricType::Counter) {
-    m.counter.value = v;
-  } else {
-    m.gauge.value = v;
-  }
-  return m;
-}
-
-}  // namespace
 
 std::vector<prometheus::MetricFamily> KvMetrics::Collect() const {
   std::vector<prometheus::MetricFamily> out;
   auto single = [&](const char* name, const char* help, MetricType type, double v) {
-    out.push_back(prometheus::MetricFamily{name, help, type, {Value(type, v)}});
+    out.push_back(prometheus::MetricFamily{name, help, type, {MetricSample(type, v)}});
   };
   auto labelled = [&](const char* name, const char* help, const char* label,
                       std::initializer_list<std::pair<const char*, double>> values) {
     prometheus::MetricFamily f{name, help, MetricType::Counter, {}};
-    for (const auto& [l, v] : values) f.metric.push_back(Value(MetricType::Counter, v, {{label, l}}));
+    for (const auto& [l, v] : values) f.metric.push_back(MetricSample(MetricType::Counter, v, {{label, l}}));
     out.push_back(std::move(f));
   };
   if (writer_ != nullptr) {

@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include <prometheus/collectable.h>
@@ -26,6 +27,19 @@
 #include "worker/kv/block_writer.h"
 
 namespace kvc {
+
+// One sample (labels, value) of a counter or gauge family.
+inline prometheus::ClientMetric MetricSample(prometheus::MetricType type, double v,
+                                             std::vector<prometheus::ClientMetric::Label> labels = {}) {
+  prometheus::ClientMetric m;
+  m.label = std::move(labels);
+  if (type == prometheus::MetricType::Counter) {
+    m.counter.value = v;
+  } else {
+    m.gauge.value = v;
+  }
+  return m;
+}
 
 // Thread-safe. `writer` (may be null) must outlive the collector.
 class KvMetrics : public prometheus::Collectable {
