@@ -417,7 +417,7 @@ TEST(KvMetricsTest, ReportDegradedModeAndTheWriterCounts) {
 
 TEST(BlockWriterTest, RefusedBlocksAreDroppedNotRetried) {
   FakeService svc;
-  svc.Refuse(absl::ResourceExhaustedError("tenant quota"));
+  svc.Refuse(absl::InvalidArgumentError("bad block"));
   BlockWriter w(&svc, SmallWriter(8));
   for (int i = 0; i < 4; ++i) ASSERT_TRUE(w.Submit(Blob(i)).ok());
   ASSERT_TRUE(w.Flush(absl::Seconds(10)).ok());
@@ -427,6 +427,35 @@ TEST(BlockWriterTest, RefusedBlocksAreDroppedNotRetried) {
   EXPECT_LE(svc.puts(), 4);
   EXPECT_EQ(w.Submit(std::string(SmallWriter(8).max_queued_bytes + 1, 'x')).code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// RESOURCE_EXHAUSTED (the service's queue or receive pool full, a quota) is
+// tried again busy_retries times before the blocks count as rejected.
+TEST(BlockWriterTest, ABusyServiceIsTriedAgainThenRejected) {
+  FakeService svc;
+  BlockWriterOptions o = SmallWriter(8);
+  o.retry_initial = absl::Milliseconds(10);
+  o.retry_max = absl::Milliseconds(100);
+  o.busy_retries = 3;
+  svc.Refuse(absl::ResourceExhaustedError("server busy: the UCX receive pool is full"));
+  {
+    BlockWriter w(&svc, o);
+    for (int i = 0; i < 4; ++i) ASSERT_TRUE(w.Submit(Blob(i)).ok());
+    absl::SleepFor(absl::Milliseconds(15));
+    svc.Refuse(absl::OkStatus());  // room again
+    ASSERT_TRUE(w.Flush(absl::Seconds(10)).ok());
+    EXPECT_EQ(w.stats().stored, 4u);
+    EXPECT_EQ(w.stats().rejected, 0u);
+    EXPECT_FALSE(w.stats().degraded);
+  }
+  svc.Refuse(absl::ResourceExhaustedError("tenant quota"));
+  const int before = svc.puts();
+  BlockWriter w(&svc, o);
+  ASSERT_TRUE(w.Submit(Blob(9)).ok());
+  ASSERT_TRUE(w.Flush(absl::Seconds(10)).ok());
+  EXPECT_EQ(w.stats().rejected, 1u);
+  EXPECT_EQ(svc.puts() - before, 1 + o.busy_retries);
+  EXPECT_FALSE(w.stats().degraded);
 }
 
 // A random model and full attention, in chunks of 16.

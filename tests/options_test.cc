@@ -39,6 +39,10 @@ TEST(OptionsTest, YamlOverlaysDefaults) {
   EXPECT_EQ(o.limits.max_block_bytes, 4u << 20);
   EXPECT_EQ(o.data_dir, ServerOptions().data_dir) << "untouched keys keep their defaults";
   EXPECT_TRUE(o.Validate().ok());
+  ASSERT_TRUE(ApplyYamlText("ucx_recv_pool_bytes: 64MiB\nucx_progress_spin: 50us\n", &o).ok());
+  EXPECT_EQ(o.ucx_recv_pool_bytes, 64ull << 20);
+  EXPECT_EQ(o.ucx_progress_spin, absl::Microseconds(50));
+  EXPECT_TRUE(o.Validate().ok());
 }
 
 TEST(OptionsTest, BadYamlNamesTheKey) {
@@ -64,6 +68,12 @@ TEST(OptionsTest, ValidateNamesTheSetting) {
   o = ServerOptions();
   o.listen_address = "50051";
   EXPECT_THAT(o.Validate().message(), HasSubstr("not host:port"));
+  o = ServerOptions();
+  o.ucx_progress_spin = absl::Seconds(2);
+  EXPECT_THAT(o.Validate().message(), HasSubstr("ucx_progress_spin"));
+  o = ServerOptions();
+  o.ucx_recv_pool_bytes = 1000;
+  EXPECT_THAT(o.Validate().message(), HasSubstr("ucx_recv_pool_bytes"));
 }
 
 TEST(TenantRegistryTest, ParsesTokensAndQuotas) {

@@ -47,6 +47,16 @@ std::optional<BufferPool::Region> BufferPool::Allocate(size_t size, absl::Time d
   }
 }
 
+BufferPool::Lease BufferPool::TryLease(size_t size) {
+  std::optional<Region> r = TryAllocate(size);
+  return r ? Lease(this, *r) : Lease();
+}
+
+BufferPool::Lease BufferPool::LeaseWithin(size_t size, absl::Time deadline) {
+  std::optional<Region> r = Allocate(size, deadline);
+  return r ? Lease(this, *r) : Lease();
+}
+
 void BufferPool::Free(const Region& r) {
   {
     absl::MutexLock lock(&mu_);

@@ -17,6 +17,10 @@ absl::Status UcxOptions::Validate() const {
       }
     }
   }
+  if (progress_spin < absl::ZeroDuration() || progress_spin > absl::Seconds(1)) {
+    return absl::InvalidArgumentError(absl::StrCat("UCX option progress_spin ", absl::FormatDuration(progress_spin),
+                                                   " is outside [0, 1s]"));
+  }
   return absl::OkStatus();
 }
 
@@ -86,12 +90,13 @@ absl::StatusOr<std::unique_ptr<UcxContext>> UcxContext::Create(const UcxOptions&
 
 UcxContext::~UcxContext() { ucp_cleanup(context_); }
 
-absl::StatusOr<std::unique_ptr<RegisteredMemory>> RegisteredMemory::Allocate(UcxContext* context, size_t bytes) {
+absl::StatusOr<std::unique_ptr<RegisteredMemory>> RegisteredMemory::Allocate(UcxContext* context, size_t bytes,
+                                                                             bool populate) {
   if (bytes == 0) return absl::InvalidArgumentError("registered memory of 0 bytes");
   // Plain anonymous memory, registered: UCP_MEM_MAP_ALLOCATE may hand out a
   // shared-memory segment from the sysv/posix allocators, which made
   // rendezvous sends from it several times slower over sm (measured).
-  void* data = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  void* data = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | (populate ? MAP_POPULATE : 0), -1, 0);
   if (data == MAP_FAILED) return absl::ResourceExhaustedError(absl::StrCat("mmap of ", bytes, " bytes failed"));
   ucp_mem_map_params_t p{};
   p.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;

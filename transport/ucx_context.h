@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace kvc::ucx {
 
@@ -29,6 +30,16 @@ struct UcxOptions {
   // UCX_CM_REUSEADDR: a listener may bind a port whose earlier connections
   // are still in TIME_WAIT (a service restarted on its port). Default false.
   bool reuse_address = false;
+  // How long a UcxWorker's progress thread keeps polling after its last
+  // event before it sleeps in epoll (transport/ucx_worker.h). A spin saves
+  // the wake-up (tens of us on a VM) when the next event comes within it,
+  // and costs a core meanwhile. Default 0: on the 2-core development VM
+  // with its cores contended, 0 beat 20 us and 100 us on block Get (medians
+  // of 5 runs: 256 KiB +60% (sm) and +85% (tcp), 2 MiB sm +12%, 2 MiB tcp
+  // -30%); on the same VM when quiet, 100 us was up to 28% ahead
+  // (docs/BENCHMARKS.md). Worth setting to 20-100 us on a host with cores
+  // to spare. At most 1 s.
+  absl::Duration progress_spin = absl::ZeroDuration();
 
   absl::Status Validate() const;
 };
@@ -61,7 +72,11 @@ class UcxContext {
 // and deregistered by the destructor. REQUIRES: the context outlives it.
 class RegisteredMemory {
  public:
-  static absl::StatusOr<std::unique_ptr<RegisteredMemory>> Allocate(UcxContext* context, size_t bytes);
+  // `populate`: fault every page in now (MAP_POPULATE); false leaves pages to
+  // be faulted in as they are first written, so a large pool that is rarely
+  // full costs only what is used.
+  static absl::StatusOr<std::unique_ptr<RegisteredMemory>> Allocate(UcxContext* context, size_t bytes,
+                                                                   bool populate = true);
   ~RegisteredMemory();
   RegisteredMemory(const RegisteredMemory&) = delete;
   RegisteredMemory& operator=(const RegisteredMemory&) = delete;

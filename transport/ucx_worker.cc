@@ -5,7 +5,6 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/numbers.h"
@@ -14,16 +13,6 @@
 
 namespace kvc::ucx {
 namespace {
-// How long the loop spins with nothing to do before it sleeps in epoll: a
-// reply usually follows a request within this, and waking from epoll costs
-// tens of microseconds.
-absl::Duration SpinBeforeSleep() {
-  static const absl::Duration d = [] {
-    const char* e = std::getenv("KVC_UCX_SPIN_US");
-    return absl::Microseconds(e ? std::atoi(e) : 100);
-  }();
-  return d;
-}
 // Longest epoll sleep; only bounds how late a Stop() is noticed if a wake-up
 // were lost.
 constexpr int kMaxSleepMs = 100;
@@ -157,7 +146,7 @@ void UcxWorker::Loop() {
       idle_since = absl::Now();
       continue;
     }
-    if (absl::Now() - idle_since < SpinBeforeSleep()) continue;
+    if (absl::Now() - idle_since < spin_) continue;
     Sleep();
     idle_since = absl::Now();
   }

@@ -7,9 +7,7 @@
 // briefly when it goes quiet, then sleeps in epoll on the worker's event fd
 // (ucp_worker_get_efd + ucp_worker_arm) and an eventfd Post() writes to, so
 // an idle worker costs no CPU and a new request or message wakes it at once.
-// The spin is 100 us (env KVC_UCX_SPIN_US overrides it, for experiments:
-// on a 2-core host longer spins measured slower, they steal the cores the
-// peer and the executor need).
+// The spin is the context's UcxOptions::progress_spin (default 100 us).
 #ifndef KVC_TRANSPORT_UCX_WORKER_H_
 #define KVC_TRANSPORT_UCX_WORKER_H_
 
@@ -60,7 +58,8 @@ class UcxWorker {
   void Stop(absl::AnyInvocable<void()> final_task, absl::AnyInvocable<bool()> drained, absl::Duration grace);
 
  private:
-  UcxWorker(UcxContext* c, ucp_worker_h w, std::string name) : context_(c), worker_(w), name_(std::move(name)) {}
+  UcxWorker(UcxContext* c, ucp_worker_h w, std::string name)
+      : context_(c), worker_(w), name_(std::move(name)), spin_(c->options().progress_spin) {}
   void Loop();
   bool RunTasks();  // true when it ran any
   void Sleep();
@@ -68,6 +67,7 @@ class UcxWorker {
   UcxContext* const context_;
   ucp_worker_h worker_;
   const std::string name_;
+  const absl::Duration spin_;
   int efd_ = -1;     // the worker's event fd, -1 when UCX gives none
   int wake_fd_ = -1; // eventfd Post writes to
   int epoll_fd_ = -1;

@@ -12,7 +12,8 @@
 //        6    2 reserved    0
 //        8    8 request_id  chosen by the client, echoed by every reply
 //       16    4 status      absl::StatusCode of the reply (0 = OK); 0 on requests
-//       20    4 index       kGetBlock: index of the key; kPutReply: blocks stored
+//       20    4 index       kGetBlock: index of the key; kPutReply: blocks stored;
+//                           kHello / kHelloReply: the session id (below)
 //       24    4 tier        kGetBlock: 1 host, 2 disk, 0 none (kvcache.v1.Tier)
 //       28    4 reserved    0
 //
@@ -21,12 +22,16 @@
 //   op            dir  payload
 //   kHello        c→s  the "authorization" value, as gRPC metadata carries it
 //                      ("Bearer <token>"; empty when auth is off). Must be the
-//                      first message on an endpoint.
+//                      first message on an endpoint. Header `index`: 0 over
+//                      the listener; over a worker-address endpoint, the
+//                      session id (below), else it is refused FAILED_PRECONDITION.
 //   kHelloReply   s→c  status OK: u32 LE tenant length, the tenant name ("" = any),
 //                      then the server's ucp worker address (the rest); else
-//                      the error message. A client may open a second endpoint
-//                      to that address (ucp_ep_create with REMOTE_ADDRESS) and
-//                      HELLO again on it: UCX 1.13's listener path only uses
+//                      the error message. Header `index`: over the listener,
+//                      this connection's session id (non-zero). A client may
+//                      open a second endpoint to that address (ucp_ep_create
+//                      with REMOTE_ADDRESS) and HELLO again on it with the
+//                      session id: UCX 1.13's listener path only uses
 //                      transports on the listening device (tcp on lo), the
 //                      worker address reaches shared memory too.
 //   kPut          c→s  a serialized kvcache.v1.PutRequest (the bytes gRPC Put gets)
@@ -37,6 +42,14 @@
 //                      or status NOT_FOUND / DATA_LOSS / ... and the error message
 //   kGetFailed    s→c  the whole Get failed (auth, limits, busy): status and message;
 //                      no further kGetBlock of this request id is meaningful
+//
+// Sessions: a worker-address endpoint runs with UCX error mode NONE (shared
+// memory offers no peer-failure detection worth its cost), so neither side
+// would ever learn that the other died on it. Its HELLO names the listener
+// connection (error mode PEER) it belongs to, and the server drops it when
+// that connection fails or closes; the client likewise fails every call when
+// its listener connection breaks. A server older than sessions replies with
+// index 0 and a client then cannot open a worker-address endpoint.
 //
 // The header rides in the AM header rather than in the data so a receiver
 // learns the request id, the op and the payload length from the rendezvous

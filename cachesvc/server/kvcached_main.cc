@@ -33,6 +33,10 @@ ABSL_FLAG(std::string, ucx_listen_address, kDefaults.ucx_listen_address, "UCX da
 ABSL_FLAG(std::string, ucx_port_file, kDefaults.ucx_port_file, "Write the bound UCX port to this file once serving");
 ABSL_FLAG(std::string, ucx_tls, kDefaults.ucx_tls, "UCX_TLS of the UCX listener's context, e.g. sm,tcp (empty: UCX picks)");
 ABSL_FLAG(std::string, ucx_net_devices, kDefaults.ucx_net_devices, "UCX_NET_DEVICES of the UCX listener's context (empty: all)");
+ABSL_FLAG(std::string, ucx_recv_pool_bytes, "256MiB",
+          "Registered memory UCX Put payloads arrive in (a Put finding it full is refused as busy)");
+ABSL_FLAG(absl::Duration, ucx_progress_spin, kDefaults.ucx_progress_spin,
+          "How long the UCX progress thread polls before sleeping (0 when cores are contended)");
 ABSL_FLAG(std::string, data_dir, kDefaults.data_dir, "Data directory; RocksDB lives in <data_dir>/rocksdb");
 ABSL_FLAG(std::string, host_capacity_bytes, "1GiB", "Host-memory tier byte budget (e.g. 512MiB, 8GiB)");
 ABSL_FLAG(uint32_t, host_shards, kDefaults.host_shards, "Host tier shards (power of two)");
@@ -93,6 +97,7 @@ absl::StatusOr<kvc::ServerOptions> LoadOptions() {
   KVC_FLAG_OVERRIDE(ucx_port_file, o.ucx_port_file);
   KVC_FLAG_OVERRIDE(ucx_tls, o.ucx_tls);
   KVC_FLAG_OVERRIDE(ucx_net_devices, o.ucx_net_devices);
+  KVC_FLAG_OVERRIDE(ucx_progress_spin, o.ucx_progress_spin);
   KVC_FLAG_OVERRIDE(data_dir, o.data_dir);
   KVC_FLAG_OVERRIDE(host_shards, o.host_shards);
   KVC_FLAG_OVERRIDE(metrics_address, o.metrics_address);
@@ -111,6 +116,7 @@ absl::StatusOr<kvc::ServerOptions> LoadOptions() {
            std::tuple{&FLAGS_host_capacity_bytes, "host_capacity_bytes", &o.host_capacity_bytes},
            std::tuple{&FLAGS_disk_capacity_bytes, "disk_capacity_bytes", &o.disk_capacity_bytes},
            std::tuple{&FLAGS_disk_block_cache_bytes, "disk_block_cache_bytes", &o.disk_block_cache_bytes},
+           std::tuple{&FLAGS_ucx_recv_pool_bytes, "ucx_recv_pool_bytes", &o.ucx_recv_pool_bytes},
            std::tuple{&FLAGS_max_block_bytes, "max_block_bytes", &o.limits.max_block_bytes},
            std::tuple{&FLAGS_max_message_bytes, "max_message_bytes", &o.limits.max_message_bytes}}) {
     absl::Status s = Bytes(*flag, name, field);

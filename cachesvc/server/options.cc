@@ -50,6 +50,10 @@ absl::Status ServerOptions::Validate() const {
   if (max_queued_requests == 0) return bad("max_queued_requests", "must be > 0");
   if (shutdown_grace < absl::ZeroDuration()) return bad("shutdown_grace", "must be >= 0");
   if (auth_reload_interval < absl::ZeroDuration()) return bad("auth_reload_interval", "must be >= 0");
+  if (ucx_progress_spin < absl::ZeroDuration() || ucx_progress_spin > absl::Seconds(1)) {
+    return bad("ucx_progress_spin", "must be in [0, 1s]");
+  }
+  if (ucx_recv_pool_bytes < (1u << 20)) return bad("ucx_recv_pool_bytes", "must be >= 1MiB");
   return limits.Validate();
 }
 
@@ -150,6 +154,8 @@ absl::Status ApplyNode(const YAML::Node& root, ServerOptions* o) {
       {"ucx_port_file", Str("ucx_port_file", &o->ucx_port_file)},
       {"ucx_tls", Str("ucx_tls", &o->ucx_tls)},
       {"ucx_net_devices", Str("ucx_net_devices", &o->ucx_net_devices)},
+      {"ucx_recv_pool_bytes", Bytes("ucx_recv_pool_bytes", &o->ucx_recv_pool_bytes)},
+      {"ucx_progress_spin", Duration("ucx_progress_spin", &o->ucx_progress_spin)},
       {"data_dir", Str("data_dir", &o->data_dir)},
       {"host_capacity_bytes", Bytes("host_capacity_bytes", &o->host_capacity_bytes)},
       {"host_shards", Int("host_shards", &o->host_shards)},

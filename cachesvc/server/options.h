@@ -33,6 +33,14 @@ struct ServerOptions {
   std::string ucx_tls;
   // UCX_NET_DEVICES for the listener's UCX context, e.g. "eth0"; "" = all. Default "".
   std::string ucx_net_devices;
+  // Registered memory Put payloads arrive in over UCX; a Put that finds it
+  // full is refused as busy (RESOURCE_EXHAUSTED). At least
+  // limits.max_message_bytes is used. Default 256 MiB.
+  uint64_t ucx_recv_pool_bytes = 256ull << 20;
+  // How long the UCX progress thread polls after its last event before it
+  // sleeps (transport/ucx_context.h): 20-100us can help on hosts with spare
+  // cores, 0 is best when cores are contended. Default 0.
+  absl::Duration ucx_progress_spin = absl::ZeroDuration();
   // Data directory; RocksDB lives in <data_dir>/rocksdb. Default "./data/kvcache".
   std::string data_dir = "./data/kvcache";
 

@@ -136,6 +136,8 @@ absl::StatusOr<std::unique_ptr<CacheServer>> CacheServer::Start(const ServerOpti
     uo.listen_address = options.ucx_listen_address;
     uo.ucx.tls = options.ucx_tls;
     uo.ucx.net_devices = options.ucx_net_devices;
+    uo.ucx.progress_spin = options.ucx_progress_spin;
+    uo.recv_pool_bytes = options.ucx_recv_pool_bytes;
     // A restarted service binds its port again, TIME_WAIT or not.
     uo.ucx.reuse_address = true;
     absl::StatusOr<std::unique_ptr<UcxService>> ucx = UcxService::Start(uo, srv->service_.get());

@@ -9,12 +9,14 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "cachesvc/cached_block.h"
 #include "cachesvc/server/put_request.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "kvcache/v1/cache.pb.h"
+#include "transport/buffer_pool.h"
 #include "transport/ucx_worker.h"
 #include "transport/wire_protocol.h"
 
@@ -25,15 +27,37 @@ namespace v1 = ::kvcache::v1;
 using ucx::FrameHeader;
 using ucx::Op;
 
+class InFlight;
+struct Conn;
+
+// A UCX send or receive in flight on one endpoint, from its *_nbx call to
+// its completion callback. Progress thread only.
+struct UcxOp {
+  std::shared_ptr<Conn> conn;
+  std::shared_ptr<InFlight> request;
+  // The endpoint was dropped first: `request` was settled then; UCX still
+  // owns the operation's memory until it calls back.
+  bool orphaned = false;
+};
+
 // One client endpoint. Touched only on the progress thread.
 struct Conn {
   ucp_ep_h ep = nullptr;
   std::string authorization;  // as sent in HELLO; re-checked on every request
   bool hello_ok = false;
-  bool dead = false;
+  bool dead = false;  // dropped: no more sends, its requests are settled
   // Created by UCX when a client connected to our worker address (shared
-  // memory) rather than through the listener: UCX owns it.
+  // memory) rather than through the listener: UCX owns it, and it has no
+  // error callback of ours (error mode NONE), so it is never closed or
+  // touched again once dropped.
   bool by_address = false;
+  // Listener connections: the session id its HELLO reply carries. Worker-
+  // address endpoints: the session they are tied to.
+  uint32_t session = 0;
+  // Listener connections: the worker-address endpoints tied to it.
+  std::vector<std::shared_ptr<Conn>> linked;
+  // Sends and receives in flight on this endpoint.
+  absl::flat_hash_set<UcxOp*> ops;
 };
 
 // A PUT or GET from arrival to its last reply: counted in the service's
@@ -77,25 +101,22 @@ class UcxService::Impl {
 
   absl::Status Init(const UcxServiceOptions& options, int* port);
   void Stop(absl::Duration grace);
+  size_t endpoints() const { return endpoints_.load(); }
 
  private:
   // A send in flight: the header and what keeps the payload alive.
-  struct SendOp {
+  struct SendOp : UcxOp {
     Impl* impl;
-    std::shared_ptr<Conn> conn;
     FrameHeader::Bytes header;
     BlockPtr block;    // a hit: the payload is block->wire()
     std::string text;  // otherwise the payload (error message, tenant)
-    std::shared_ptr<InFlight> request;
   };
-  // A rendezvous receive in flight.
-  struct RecvOp {
+  // A rendezvous receive in flight, into a region of the receive pool.
+  struct RecvOp : UcxOp {
     Impl* impl;
-    std::shared_ptr<Conn> conn;
     FrameHeader header;
-    std::unique_ptr<char[]> buffer;
+    ucx::BufferPool::Lease buffer;
     size_t length;
-    std::shared_ptr<InFlight> request;
   };
 
   static void OnConnRequest(ucp_conn_request_h request, void* arg);
@@ -106,10 +127,12 @@ class UcxService::Impl {
   static void OnSendDone(void* request, ucs_status_t status, void* user_data);
 
   ucs_status_t Receive(const FrameHeader& h, void* data, size_t length, const ucp_am_recv_param_t* param);
-  void Dispatch(const std::shared_ptr<Conn>& conn, const FrameHeader& h, std::unique_ptr<char[]> buffer,
-                size_t length, std::shared_ptr<InFlight> request);
+  // `payload` is in `buffer` when that holds a region, else valid only for
+  // the call (an eager message still in UCX's hands).
+  void Dispatch(const std::shared_ptr<Conn>& conn, const FrameHeader& h, absl::string_view payload,
+                ucx::BufferPool::Lease buffer, std::shared_ptr<InFlight> request);
   void HandleHello(const std::shared_ptr<Conn>& conn, const FrameHeader& h, absl::string_view payload);
-  void HandlePut(const std::shared_ptr<Conn>& conn, const FrameHeader& h, std::unique_ptr<char[]> buffer,
+  void HandlePut(const std::shared_ptr<Conn>& conn, const FrameHeader& h, ucx::BufferPool::Lease buffer,
                  size_t length, std::shared_ptr<InFlight> request);
   void HandleGet(const std::shared_ptr<Conn>& conn, const FrameHeader& h, absl::string_view payload,
                  std::shared_ptr<InFlight> request);
@@ -124,24 +147,85 @@ class UcxService::Impl {
     auto it = conns_.find(ep);
     return it == conns_.end() ? nullptr : it->second;
   }
+  void AddConn(std::shared_ptr<Conn> conn);
+  // Forgets `conn` and the worker-address endpoints tied to it, settles
+  // their requests in flight (UNAVAILABLE) and refuses their later sends.
+  // Does not close the endpoint (the caller does, where UCX allows it).
+  void DropConn(const std::shared_ptr<Conn>& conn);
+  // An operation started (`op` is in flight) or gave its callback.
+  void Track(UcxOp* op);
+  void Untrack(UcxOp* op);
 
   CacheService* const svc_;
+  // Declaration order is destruction order reversed: the worker goes first
+  // (UCX may still call back into the members below while it is destroyed),
+  // then the pool, then the context both were made from.
   std::unique_ptr<ucx::UcxContext> context_;
-  std::unique_ptr<ucx::UcxWorker> worker_;  // destroyed before context_
+  std::unique_ptr<ucx::BufferPool> recv_pool_;
   ucp_listener_h listener_ = nullptr;
   // Progress thread only.
   absl::flat_hash_map<ucp_ep_h, std::shared_ptr<Conn>> conns_;
+  absl::flat_hash_map<uint32_t, std::shared_ptr<Conn>> sessions_;  // listener connections by session id
+  uint32_t next_session_ = 1;
   std::vector<void*> closing_;  // ep close requests issued by Stop
   std::atomic<int64_t> outstanding_{0};  // UCX sends and receives in flight
+  std::atomic<int64_t> orphaned_{0};     // of those, on dropped endpoints
+  std::atomic<size_t> endpoints_{0};
   std::atomic<bool> stopping_{false};
   std::string worker_address_;  // ucp_worker_get_address, sent in HELLO replies
+  std::unique_ptr<ucx::UcxWorker> worker_;
 };
+
+void UcxService::Impl::AddConn(std::shared_ptr<Conn> conn) {
+  conns_[conn->ep] = std::move(conn);
+  endpoints_.store(conns_.size());
+  svc_->metrics()->SetUcxEndpoints(conns_.size());
+}
+
+void UcxService::Impl::DropConn(const std::shared_ptr<Conn>& conn) {
+  if (conn->dead) return;
+  conn->dead = true;
+  conns_.erase(conn->ep);
+  if (conn->session != 0 && !conn->by_address) sessions_.erase(conn->session);
+  for (UcxOp* op : conn->ops) {
+    if (op->orphaned) continue;
+    op->orphaned = true;
+    orphaned_.fetch_add(1);
+    if (op->request) op->request->Fail(absl::StatusCode::kUnavailable);
+    op->request.reset();  // the request ends here, not when UCX gives the op back
+  }
+  std::vector<std::shared_ptr<Conn>> linked = std::move(conn->linked);
+  for (const auto& l : linked) DropConn(l);
+  endpoints_.store(conns_.size());
+  svc_->metrics()->SetUcxEndpoints(conns_.size());
+}
+
+void UcxService::Impl::Track(UcxOp* op) {
+  outstanding_.fetch_add(1);
+  op->conn->ops.insert(op);
+  if (op->conn->dead) {  // dropped before the op started: settle it now too
+    op->orphaned = true;
+    orphaned_.fetch_add(1);
+    if (op->request) op->request->Fail(absl::StatusCode::kUnavailable);
+    op->request.reset();
+  }
+}
+
+void UcxService::Impl::Untrack(UcxOp* op) {
+  outstanding_.fetch_sub(1);
+  if (op->orphaned) orphaned_.fetch_sub(1);
+  op->conn->ops.erase(op);
+}
 
 absl::Status UcxService::Impl::Init(const UcxServiceOptions& options, int* port) {
   sockaddr_storage addr;
   socklen_t addr_len = 0;
   KVC_RETURN_IF_ERROR(ucx::ParseSockaddr(options.listen_address, &addr, &addr_len));
   KVC_ASSIGN_OR_RETURN(context_, ucx::UcxContext::Create(options.ucx));
+  const size_t pool_bytes = std::max<size_t>(options.recv_pool_bytes, svc_->limits().max_message_bytes);
+  KVC_ASSIGN_OR_RETURN(auto pool_memory,
+                       ucx::RegisteredMemory::Allocate(context_.get(), pool_bytes, /*populate=*/false));
+  recv_pool_ = std::make_unique<ucx::BufferPool>(std::move(pool_memory));
   KVC_ASSIGN_OR_RETURN(worker_, ucx::UcxWorker::Create(context_.get(), "kvcached-ucx"));
   KVC_RETURN_IF_ERROR(worker_->SetAmHandler(ucx::kAmIdRequest, &Impl::OnAm, this));
   {
@@ -190,13 +274,17 @@ void UcxService::Impl::Stop(absl::Duration grace) {
           if (r != nullptr && !UCS_PTR_IS_ERR(r)) closing_.push_back(r);
         }
         conns_.clear();
+        sessions_.clear();
+        endpoints_.store(0);
         svc_->metrics()->SetUcxEndpoints(0);
       },
       [this] {
         for (void* r : closing_) {
           if (ucp_request_check_status(r) == UCS_INPROGRESS) return false;
         }
-        return outstanding_.load() == 0;
+        // Operations on dropped endpoints were settled already; a dead
+        // shared-memory peer never gives them back.
+        return outstanding_.load() == orphaned_.load();
       },
       grace);
   // The progress thread has exited: this thread may touch the worker now.
@@ -227,17 +315,17 @@ void UcxService::Impl::OnConnRequest(ucp_conn_request_h request, void* arg) {
   }
   auto conn = std::make_shared<Conn>();
   conn->ep = ep;
-  self->conns_[ep] = std::move(conn);
-  self->svc_->metrics()->SetUcxEndpoints(self->conns_.size());
+  conn->session = self->next_session_++;
+  if (conn->session == 0) conn->session = self->next_session_++;  // 0 means none
+  self->sessions_[conn->session] = conn;
+  self->AddConn(std::move(conn));
 }
 
 void UcxService::Impl::OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status) {
   auto* self = static_cast<Impl*>(arg);
   std::shared_ptr<Conn> conn = self->FindConn(ep);
   if (conn == nullptr) return;
-  conn->dead = true;
-  self->conns_.erase(ep);
-  self->svc_->metrics()->SetUcxEndpoints(self->conns_.size());
+  self->DropConn(conn);  // and the worker-address endpoints tied to it
   self->svc_->metrics()->CountUcxError(ServiceMetrics::UcxError::kPeerError);
   KVC_LOG(kInfo, "ucx_peer_error").With("error", ucs_status_string(status));
   // Close outside the callback; outstanding operations on it complete with errors.
@@ -266,8 +354,7 @@ ucs_status_t UcxService::Impl::Receive(const FrameHeader& h, void* data, size_t 
     conn = std::make_shared<Conn>();
     conn->ep = param->reply_ep;
     conn->by_address = true;
-    conns_[conn->ep] = conn;
-    svc_->metrics()->SetUcxEndpoints(conns_.size());
+    AddConn(conn);
   }
   if (conn == nullptr || conn->dead) {
     svc_->metrics()->CountUcxError(ServiceMetrics::UcxError::kBadFrame);
@@ -290,7 +377,7 @@ ucs_status_t UcxService::Impl::Receive(const FrameHeader& h, void* data, size_t 
           std::move(request));
     return UCS_OK;
   }
-  if (h.op != Op::kHello && !conn->hello_ok) {  // refuse before allocating for the payload
+  if (h.op != Op::kHello && !conn->hello_ok) {  // refuse before taking memory for the payload
     Reply(conn, ReplyOpFor(h.op), h.request_id,
           absl::UnauthenticatedError(absl::StrCat("UCX ", ucx::OpName(h.op), " before a successful HELLO")),
           std::move(request));
@@ -301,27 +388,54 @@ ucs_status_t UcxService::Impl::Receive(const FrameHeader& h, void* data, size_t 
           std::move(request));
     return UCS_OK;
   }
-  std::unique_ptr<char[]> buffer(new char[std::max<size_t>(length, 1)]);
-  if (!(param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
-    std::memcpy(buffer.get(), data, length);  // eager: small, valid only during this callback
-    Dispatch(conn, h, std::move(buffer), length, std::move(request));
+  const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+  if (!rndv && h.op != Op::kPut) {
+    // HELLO and Get are small and handled before this callback returns: read
+    // them where UCX put them.
+    Dispatch(conn, h, absl::string_view(static_cast<const char*>(data), length), {}, std::move(request));
     return UCS_OK;
   }
-  auto* op = new RecvOp{this, conn, h, std::move(buffer), length, std::move(request)};
+  ucx::BufferPool::Lease buffer = recv_pool_->TryLease(std::max<size_t>(length, 1));
+  if (!buffer) {
+    // Refused, not queued: regions come back as the executor parses earlier
+    // Puts, and a client retrying later costs nothing here meanwhile. A
+    // rendezvous payload is dropped unread (UCX completes the client's send).
+    Reply(conn, ReplyOpFor(h.op), h.request_id,
+          absl::ResourceExhaustedError(absl::StrCat("server busy: the UCX receive pool (", recv_pool_->capacity(),
+                                                    " bytes) has no room for a ", length,
+                                                    "-byte payload now; retry later")),
+          std::move(request));
+    return UCS_OK;
+  }
+  if (!rndv) {
+    std::memcpy(buffer.data(), data, length);  // eager: small, valid only during this callback
+    const absl::string_view payload(buffer.data(), length);
+    Dispatch(conn, h, payload, std::move(buffer), std::move(request));
+    return UCS_OK;
+  }
+  auto* op = new RecvOp;
+  op->conn = conn;
+  op->request = std::move(request);
+  op->impl = this;
+  op->header = h;
+  op->buffer = std::move(buffer);
+  op->length = length;
   ucp_request_param_t p{};
-  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_MEMH;
   p.cb.recv_am = &Impl::OnRecvDone;
   p.user_data = op;
-  void* r = ucp_am_recv_data_nbx(worker_->handle(), data, op->buffer.get(), length, &p);
+  p.memh = op->buffer.memh();
+  void* r = ucp_am_recv_data_nbx(worker_->handle(), data, op->buffer.data(), length, &p);
   if (r == nullptr) {  // completed in place; the callback is not called
     std::unique_ptr<RecvOp> done(op);
-    Dispatch(done->conn, done->header, std::move(done->buffer), done->length, std::move(done->request));
+    const absl::string_view payload(done->buffer.data(), done->length);
+    Dispatch(done->conn, done->header, payload, std::move(done->buffer), std::move(done->request));
   } else if (UCS_PTR_IS_ERR(r)) {
     std::unique_ptr<RecvOp> failed(op);
     svc_->metrics()->CountUcxError(ServiceMetrics::UcxError::kRecvFailed);
     if (failed->request) failed->request->Fail(absl::StatusCode::kUnavailable);
   } else {
-    outstanding_.fetch_add(1);
+    Track(op);
   }
   return UCS_OK;
 }
@@ -330,7 +444,7 @@ void UcxService::Impl::OnRecvDone(void* request, ucs_status_t status, size_t len
   std::unique_ptr<RecvOp> op(static_cast<RecvOp*>(user_data));
   ucp_request_free(request);
   Impl* self = op->impl;
-  self->outstanding_.fetch_sub(1);
+  self->Untrack(op.get());
   if (status != UCS_OK || op->conn->dead) {
     // The client went away mid-transfer: only this request fails.
     self->svc_->metrics()->CountUcxError(ServiceMetrics::UcxError::kRecvFailed);
@@ -338,18 +452,18 @@ void UcxService::Impl::OnRecvDone(void* request, ucs_status_t status, size_t len
     KVC_LOG(kDebug, "ucx_recv_failed").With("op", ucx::OpName(op->header.op)).With("error", ucs_status_string(status));
     return;
   }
-  self->Dispatch(op->conn, op->header, std::move(op->buffer), op->length, std::move(op->request));
+  const absl::string_view payload(op->buffer.data(), op->length);
+  self->Dispatch(op->conn, op->header, payload, std::move(op->buffer), std::move(op->request));
 }
 
-void UcxService::Impl::Dispatch(const std::shared_ptr<Conn>& conn, const FrameHeader& h,
-                                std::unique_ptr<char[]> buffer, size_t length, std::shared_ptr<InFlight> request) {
-  const absl::string_view payload(buffer.get(), length);
+void UcxService::Impl::Dispatch(const std::shared_ptr<Conn>& conn, const FrameHeader& h, absl::string_view payload,
+                                ucx::BufferPool::Lease buffer, std::shared_ptr<InFlight> request) {
   switch (h.op) {
     case Op::kHello:
       HandleHello(conn, h, payload);
       return;
     case Op::kPut:
-      HandlePut(conn, h, std::move(buffer), length, std::move(request));
+      HandlePut(conn, h, std::move(buffer), payload.size(), std::move(request));
       return;
     case Op::kGet:
       HandleGet(conn, h, payload, std::move(request));
@@ -361,20 +475,41 @@ void UcxService::Impl::Dispatch(const std::shared_ptr<Conn>& conn, const FrameHe
 
 void UcxService::Impl::HandleHello(const std::shared_ptr<Conn>& conn, const FrameHeader& h, absl::string_view payload) {
   absl::StatusOr<Caller> caller = svc_->AuthenticateAuthorization(payload);
-  svc_->metrics()->ObserveUcxRequest("hello", static_cast<grpc::StatusCode>(caller.status().code()),
-                                     absl::ZeroDuration());
-  if (caller.ok()) {
-    conn->authorization = std::string(payload);
-    conn->hello_ok = true;
-    Reply(conn, Op::kHelloReply, h.request_id, absl::OkStatus(), nullptr, 0,
-          ucx::EncodeHelloReply(caller->tenant, worker_address_));
-  } else {
-    Reply(conn, Op::kHelloReply, h.request_id, caller.status(), nullptr);
+  absl::Status status = caller.status();
+  std::shared_ptr<Conn> session;
+  if (status.ok() && conn->by_address) {
+    // Tie this endpoint to the listener connection it names, so it goes when
+    // that one fails or closes (it has no failure detection of its own).
+    auto it = h.index != 0 ? sessions_.find(h.index) : sessions_.end();
+    if (it == sessions_.end() || it->second->dead || !it->second->hello_ok ||
+        it->second->authorization != payload) {
+      status = absl::FailedPreconditionError(absl::StrCat(
+          "UCX HELLO over the worker address names session ", h.index,
+          ", which is not a live listener connection with the same credentials (a client must HELLO over "
+          "the listener first and send the session id its reply carried)"));
+    } else {
+      session = it->second;
+    }
   }
+  svc_->metrics()->ObserveUcxRequest("hello", static_cast<grpc::StatusCode>(status.code()), absl::ZeroDuration());
+  if (!status.ok()) {
+    Reply(conn, Op::kHelloReply, h.request_id, status, nullptr);
+    // A refused worker-address endpoint is not kept: nothing would ever drop it.
+    if (conn->by_address) DropConn(conn);
+    return;
+  }
+  conn->authorization = std::string(payload);
+  conn->hello_ok = true;
+  if (session != nullptr && conn->session == 0) {
+    conn->session = session->session;
+    session->linked.push_back(conn);
+  }
+  Reply(conn, Op::kHelloReply, h.request_id, absl::OkStatus(), nullptr, conn->by_address ? 0 : conn->session,
+        ucx::EncodeHelloReply(caller->tenant, worker_address_));
 }
 
 void UcxService::Impl::HandlePut(const std::shared_ptr<Conn>& conn, const FrameHeader& h,
-                                 std::unique_ptr<char[]> buffer, size_t length, std::shared_ptr<InFlight> request) {
+                                 ucx::BufferPool::Lease buffer, size_t length, std::shared_ptr<InFlight> request) {
   if (!conn->hello_ok) {
     Reply(conn, Op::kPutReply, h.request_id, absl::UnauthenticatedError("UCX PUT before a successful HELLO"),
           std::move(request));
@@ -390,9 +525,10 @@ void UcxService::Impl::HandlePut(const std::shared_ptr<Conn>& conn, const FrameH
   auto task = [this, conn, id, caller = *std::move(caller), buffer = std::move(buffer), length,
                request]() mutable {
     absl::StatusOr<uint32_t> stored = [&]() -> absl::StatusOr<uint32_t> {
-      KVC_ASSIGN_OR_RETURN(RawPutRequest req, ReadPutRequest(absl::string_view(buffer.get(), length), svc_->limits()));
-      buffer.reset();  // every block now has its own bytes
-      return svc_->StoreBlocks(caller, std::move(req));
+      absl::StatusOr<RawPutRequest> req = ReadPutRequest(absl::string_view(buffer.data(), length), svc_->limits());
+      buffer.Reset();  // every block has its own bytes now (or none): the region goes back
+      if (!req.ok()) return req.status();
+      return svc_->StoreBlocks(caller, *std::move(req));
     }();
     (void)worker_->Post([this, conn, id, stored = std::move(stored), request = std::move(request)]() mutable {
       Reply(conn, Op::kPutReply, id, stored.status(), std::move(request), stored.ok() ? *stored : 0);
@@ -495,7 +631,13 @@ void UcxService::Impl::Send(const std::shared_ptr<Conn>& conn, const FrameHeader
     if (request) request->Fail(absl::StatusCode::kCancelled);
     return;
   }
-  auto* op = new SendOp{this, conn, h.Encode(), std::move(block), std::move(text), std::move(request)};
+  auto* op = new SendOp;
+  op->conn = conn;
+  op->request = std::move(request);
+  op->impl = this;
+  op->header = h.Encode();
+  op->block = std::move(block);
+  op->text = std::move(text);
   const void* data = op->block ? static_cast<const void*>(op->block->wire().data()) : op->text.data();
   const size_t length = op->block ? op->block->wire().size() : op->text.size();
   ucp_request_param_t p{};
@@ -511,7 +653,7 @@ void UcxService::Impl::Send(const std::shared_ptr<Conn>& conn, const FrameHeader
     if (op->request) op->request->Fail(absl::StatusCode::kUnavailable);
     delete op;
   } else {
-    outstanding_.fetch_add(1);
+    Track(op);
   }
 }
 
@@ -519,7 +661,7 @@ void UcxService::Impl::OnSendDone(void* request, ucs_status_t status, void* user
   std::unique_ptr<SendOp> op(static_cast<SendOp*>(user_data));
   ucp_request_free(request);
   Impl* self = op->impl;
-  self->outstanding_.fetch_sub(1);
+  self->Untrack(op.get());
   if (status == UCS_OK) {
     self->svc_->metrics()->CountUcxBytes(
         /*in=*/false, op->block ? op->block->wire().size() : op->text.size());
@@ -538,6 +680,8 @@ absl::StatusOr<std::unique_ptr<UcxService>> UcxService::Start(const UcxServiceOp
 }
 
 UcxService::~UcxService() { Stop(absl::Seconds(1)); }
+
+size_t UcxService::endpoints() const { return impl_ ? impl_->endpoints() : 0; }
 
 void UcxService::Stop(absl::Duration grace) {
   if (impl_) impl_->Stop(grace);

@@ -15,6 +15,7 @@ absl::Status BlockWriterOptions::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("block writer: max_batch_blocks must be > 0, got ", max_batch_blocks));
   }
   if (max_batch_bytes == 0) return absl::InvalidArgumentError("block writer: max_batch_bytes must be > 0");
+  if (busy_retries < 0) return absl::InvalidArgumentError("block writer: busy_retries < 0");
   if (retry_initial <= absl::ZeroDuration() || retry_max < retry_initial) {
     return absl::InvalidArgumentError("block writer: need 0 < retry_initial <= retry_max");
   }
@@ -107,6 +108,7 @@ absl::Status BlockWriter::SubmitLocked(Entry entry, size_t bytes, std::vector<En
 
 void BlockWriter::Run() {
   absl::Duration backoff = options_.retry_initial;
+  int32_t busy_tries = 0;  // of the batch at the front
   std::vector<Entry> batch, resolved;
   std::vector<absl::string_view> views;
   for (;;) {
@@ -142,6 +144,7 @@ void BlockWriter::Run() {
       }
       stats_.degraded = false;
       backoff = options_.retry_initial;
+      busy_tries = 0;
       resolved = std::move(batch);
       batch.clear();
       resolved_stored_ = true;
@@ -149,7 +152,12 @@ void BlockWriter::Run() {
     }
     ++stats_.put_failures;
     stats_.last_error = s;
-    if (!Retriable(s)) {
+    // A busy service gets a few tries (a refusal for what the blocks are
+    // does not change with time: rejected at once).
+    const bool busy = absl::IsResourceExhausted(s) && busy_tries++ < options_.busy_retries;
+    if (!Retriable(s) && !busy) {
+      busy_tries = 0;
+      stats_.degraded = false;  // it answered
       KVC_LOG(kWarning, "write_through_rejected").With("blocks", uint64_t{batch.size()}).With("error", s.ToString());
       stats_.rejected += batch.size();
       resolved = std::move(batch);

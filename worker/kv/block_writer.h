@@ -47,6 +47,10 @@ struct BlockWriterOptions {
   // last. Defaults 20 ms and 1 s.
   absl::Duration retry_initial = absl::Milliseconds(20);
   absl::Duration retry_max = absl::Seconds(1);
+  // A batch refused with RESOURCE_EXHAUSTED (the service busy: its queue or
+  // receive pool full; or a quota) is tried again this many times, with
+  // the backoff above, before its blocks count as rejected. Default 5.
+  int32_t busy_retries = 5;
   // Ask the service to sync each batch to disk before answering. Default false.
   bool write_through_disk = false;
 

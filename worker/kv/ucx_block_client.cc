@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include <cstring>
+#include <deque>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -44,16 +45,15 @@ char* PutVarint(uint64_t v, char* p) {
   return p;
 }
 
-// The bytes of one payload: a region of a registered pool, or (when the pool
-// has no room, or for small control messages) memory of its own. Move-only;
-// gives the region back on destruction.
+// The bytes of one payload: a region of a registered pool, memory of its own
+// (a control message's text; a counted fallback, see UcxBlockClient), or
+// nothing. Move-only; gives the region back on destruction.
 class Buffer {
  public:
   Buffer() = default;
-  static Buffer Pooled(BufferPool* pool, BufferPool::Region r) {
+  static Buffer Pooled(BufferPool::Lease lease) {
     Buffer b;
-    b.pool_ = pool;
-    b.region_ = r;
+    b.lease_ = std::move(lease);
     return b;
   }
   static Buffer Heap(size_t n) {
@@ -67,35 +67,14 @@ class Buffer {
     b.is_text_ = true;
     return b;
   }
-  // From `pool` when it has room now, else the heap (counted in `fallbacks`).
-  static Buffer Take(BufferPool* pool, size_t n, std::atomic<uint64_t>* fallbacks) {
-    if (std::optional<BufferPool::Region> r = pool->TryAllocate(std::max<size_t>(n, 1))) return Pooled(pool, *r);
-    fallbacks->fetch_add(1);
-    return Heap(n);
-  }
-  Buffer(Buffer&& o) noexcept { *this = std::move(o); }
-  Buffer& operator=(Buffer&& o) noexcept {
-    Release();
-    pool_ = std::exchange(o.pool_, nullptr);
-    region_ = o.region_;
-    heap_ = std::move(o.heap_);
-    text_ = std::move(o.text_);
-    is_text_ = std::exchange(o.is_text_, false);
-    return *this;
-  }
-  ~Buffer() { Release(); }
+  Buffer(Buffer&&) noexcept = default;
+  Buffer& operator=(Buffer&&) noexcept = default;
 
-  char* data() { return pool_ ? region_.data : is_text_ ? text_.data() : heap_.get(); }
-  ucp_mem_h memh() const { return pool_ ? pool_->memh() : nullptr; }
+  char* data() { return lease_ ? lease_.data() : is_text_ ? text_.data() : heap_.get(); }
+  ucp_mem_h memh() const { return lease_.memh(); }
 
  private:
-  void Release() {
-    if (pool_ != nullptr) pool_->Free(region_);
-    pool_ = nullptr;
-    heap_.reset();
-  }
-  BufferPool* pool_ = nullptr;
-  BufferPool::Region region_;
+  BufferPool::Lease lease_;
   std::unique_ptr<char[]> heap_;
   std::string text_;
   bool is_text_ = false;
@@ -123,6 +102,11 @@ struct Pending {
   std::vector<Frame> frames ABSL_GUARDED_BY(mu);
   size_t frames_ready ABSL_GUARDED_BY(mu) = 0;
   bool abandoned ABSL_GUARDED_BY(mu) = false;  // the caller stopped waiting
+  // A Get: the frame the caller waits for next. A block whose receive was
+  // deferred for want of pool room is received into memory of its own once
+  // the caller waits for it, so the pool can never fill up with blocks
+  // that only a later wait would release.
+  size_t next_wanted ABSL_GUARDED_BY(mu) = 0;
 
   void Complete(absl::Status s, uint32_t v = 0, std::string t = "") {
     absl::MutexLock lock(&mu);
@@ -163,7 +147,6 @@ class UcxBlockClient::Impl {
   std::unique_ptr<ucx::UcxContext> context_;
   std::unique_ptr<BufferPool> send_pool_;
   std::unique_ptr<BufferPool> recv_pool_;
-  std::unique_ptr<ucx::UcxWorker> worker_;  // destroyed before the pools and the context
   std::unique_ptr<CacheClient> grpc_;
   std::string tenant_;
   std::atomic<uint64_t> fallbacks_{0};
@@ -183,18 +166,35 @@ class UcxBlockClient::Impl {
     Buffer buffer;
     size_t length;
   };
+  // A Get block announced by rendezvous whose receive waits for pool room;
+  // UCX keeps its payload at the server meanwhile (`desc`).
+  struct Deferred {
+    FrameHeader header;
+    std::shared_ptr<Pending> pending;
+    void* desc;
+    size_t length;
+  };
 
   absl::Status Broken() {
     absl::MutexLock lock(&broken_mu_);
     return broken_;
   }
-  // Runs `p` as request `id`: registers it and sends op + payload. Progress thread.
-  void Start(uint64_t id, std::shared_ptr<Pending> p, Op op, Buffer payload, size_t length);
+  // Runs `p` as request `id`: registers it and sends op + payload (`index`
+  // in the header). Progress thread.
+  void Start(uint64_t id, std::shared_ptr<Pending> p, Op op, Buffer payload, size_t length, uint32_t index = 0);
+  // Receives rendezvous payload `desc` into `buffer`, then OnPayload. Progress thread.
+  void Receive(const FrameHeader& h, const std::shared_ptr<Pending>& p, void* desc, Buffer buffer, size_t length);
+  // Starts the deferred receives that fit now, or that their caller waits for. Progress thread.
+  void RetryDeferred();
+  void ReleaseDeferred();  // drops every deferred payload unread. Progress thread.
+  // Asks the progress thread to RetryDeferred, when any are waiting. Any thread.
+  void KickDeferred();
   // Waits for `p` to finish; on timeout abandons it. Caller thread.
   absl::Status Await(uint64_t id, const std::shared_ptr<Pending>& p, absl::Time deadline, absl::string_view what);
   void Abandon(uint64_t id, const std::shared_ptr<Pending>& p);
-  // A complete reply payload of request `id` (progress thread).
-  void OnPayload(const FrameHeader& h, const std::shared_ptr<Pending>& p, Buffer buffer, size_t length);
+  // A complete reply payload of request `id` (progress thread). `payload`
+  // lies in `buffer` when that holds memory, else it is valid for the call.
+  void OnPayload(const FrameHeader& h, const std::shared_ptr<Pending>& p, absl::string_view payload, Buffer buffer);
   void FailAll(const absl::Status& s);
 
   static ucs_status_t OnReply(void* arg, const void* header, size_t header_length, void* data, size_t length,
@@ -209,11 +209,19 @@ class UcxBlockClient::Impl {
   ucp_ep_h boot_ep_ = nullptr;  // the listener connection, when ep_ is by worker address
   void* boot_close_request_ = nullptr;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Pending>> pending_;
+  std::deque<Deferred> deferred_;
+  std::atomic<size_t> deferred_count_{0};  // deferred_.size(), for other threads
   void* close_request_ = nullptr;
   std::atomic<int64_t> outstanding_{0};
 
   absl::Mutex broken_mu_;
   absl::Status broken_ ABSL_GUARDED_BY(broken_mu_);
+
+  // Last, so it is destroyed first: ucp_worker_destroy completes the
+  // requests still pending (a send to a peer that never answered) and their
+  // callbacks use the members above (pending_, the pools). Regression: a
+  // client destroyed with such a send spun forever in a destroyed pending_.
+  std::unique_ptr<ucx::UcxWorker> worker_;
 };
 
 absl::Status UcxBlockClient::Impl::Init(const UcxBlockClientOptions& options) {
@@ -227,6 +235,7 @@ absl::Status UcxBlockClient::Impl::Init(const UcxBlockClientOptions& options) {
   KVC_ASSIGN_OR_RETURN(auto recv_mem, ucx::RegisteredMemory::Allocate(context_.get(), options.recv_pool_bytes));
   send_pool_ = std::make_unique<BufferPool>(std::move(send_mem));
   recv_pool_ = std::make_unique<BufferPool>(std::move(recv_mem));
+  recv_pool_->SetOnFree([this] { KickDeferred(); });
   KVC_ASSIGN_OR_RETURN(worker_, ucx::UcxWorker::Create(context_.get(), "kvc-ucx-client"));
   KVC_RETURN_IF_ERROR(worker_->SetAmHandler(ucx::kAmIdReply, &Impl::OnReply, this));
   worker_->Start();
@@ -262,9 +271,11 @@ absl::Status UcxBlockClient::Impl::Init(const UcxBlockClientOptions& options) {
   absl::Status s = Await(id, p, deadline, "connect + HELLO");
   if (!s.ok()) return with_context(s);
   absl::StatusOr<ucx::HelloReply> hello;
+  uint32_t session = 0;
   {
     absl::MutexLock lock(&p->mu);
     hello = ucx::DecodeHelloReply(p->text);
+    session = p->value;
   }
   if (!hello.ok()) return with_context(hello.status());
   tenant_ = hello->tenant;
@@ -277,12 +288,21 @@ absl::Status UcxBlockClient::Impl::Init(const UcxBlockClientOptions& options) {
     if (hello->worker_address.empty()) return with_context(absl::UnavailableError("server sent no worker address"));
     const uint64_t id2 = next_id_.fetch_add(1);
     auto p2 = std::make_shared<Pending>(Op::kHello, 0);
-    if (!worker_->Post([this, id2, p2, address = hello->worker_address, authorization]() mutable {
+    if (session == 0) {
+      return with_context(absl::FailedPreconditionError(
+          "the server's HELLO reply carries no session id, so it cannot tie a worker-address endpoint to this "
+          "connection; use connect=listener with this server"));
+    }
+    if (!worker_->Post([this, id2, p2, address = hello->worker_address, authorization, session]() mutable {
           ucp_ep_params_t ep{};
-          // Error mode NONE: UCX 1.13's shared-memory transports (sysv,
-          // posix, cma) support no peer-failure handling, so asking for it
-          // would silently select tcp. A dead server is noticed on the
-          // bootstrap endpoint instead (mode PEER), which fails every call.
+          // Error mode NONE: UCX 1.13's sysv and posix transports offer no
+          // peer-failure handling (only with UCX_MM_ERROR_HANDLING=y, which
+          // measured several times slower with ucx_perftest -e), so asking
+          // for it would silently select tcp. A dead server is noticed on
+          // the bootstrap endpoint instead (mode PEER), which fails every call.
+          // The HELLO below names this connection's session, so the server
+          // drops the endpoint with the bootstrap connection (it cannot
+          // notice a dead peer on it either).
           ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                           UCP_EP_PARAM_FIELD_ERR_HANDLER;
           ep.address = reinterpret_cast<const ucp_address_t*>(address.data());
@@ -297,7 +317,7 @@ absl::Status UcxBlockClient::Impl::Init(const UcxBlockClientOptions& options) {
           boot_ep_ = ep_;
           ep_ = data_ep;
           const size_t n = authorization.size();
-          Start(id2, p2, Op::kHello, Buffer::Text(authorization), n);
+          Start(id2, p2, Op::kHello, Buffer::Text(authorization), n, session);
         })) {
       return absl::UnavailableError("UCX client is shutting down");
     }
@@ -345,9 +365,59 @@ UcxBlockClient::Impl::~Impl() {
 void UcxBlockClient::Impl::FailAll(const absl::Status& s) {
   for (auto& [id, p] : pending_) p->Complete(s);
   pending_.clear();
+  ReleaseDeferred();
 }
 
-void UcxBlockClient::Impl::Start(uint64_t id, std::shared_ptr<Pending> p, Op op, Buffer payload, size_t length) {
+void UcxBlockClient::Impl::KickDeferred() {
+  if (deferred_count_.load() == 0) return;
+  (void)worker_->Post([this] { RetryDeferred(); });
+}
+
+void UcxBlockClient::Impl::ReleaseDeferred() {
+  for (Deferred& d : deferred_) ucp_am_data_release(worker_->handle(), d.desc);
+  deferred_.clear();
+  deferred_count_.store(0);
+}
+
+void UcxBlockClient::Impl::RetryDeferred() {
+  std::deque<Deferred> still;
+  std::deque<Deferred> batch;
+  batch.swap(deferred_);
+  bool blocked = false;
+  for (Deferred& d : batch) {
+    bool gone = false, awaited = false;
+    {
+      absl::MutexLock lock(&d.pending->mu);
+      gone = d.pending->abandoned || d.pending->done;
+      awaited = d.pending->next_wanted == d.header.index;
+    }
+    if (gone || !pending_.contains(d.header.request_id)) {
+      ucp_am_data_release(worker_->handle(), d.desc);  // nobody waits for it: dropped unread
+      continue;
+    }
+    // In arrival order: once one does not fit, later ones wait behind it
+    // (only an awaited block may pass).
+    Buffer buffer;
+    BufferPool::Lease lease = blocked && !awaited ? BufferPool::Lease() : recv_pool_->TryLease(d.length);
+    if (lease) {
+      buffer = Buffer::Pooled(std::move(lease));
+    } else if (awaited) {
+      fallbacks_.fetch_add(1);  // see Pending::next_wanted: bounded by one block per waiting Get
+      buffer = Buffer::Heap(d.length);
+    } else {
+      blocked = true;
+      still.push_back(std::move(d));
+      continue;
+    }
+    Receive(d.header, d.pending, d.desc, std::move(buffer), d.length);
+  }
+  for (Deferred& d : deferred_) still.push_back(std::move(d));  // deferred meanwhile by Receive failures (none today)
+  deferred_.swap(still);
+  deferred_count_.store(deferred_.size());
+}
+
+void UcxBlockClient::Impl::Start(uint64_t id, std::shared_ptr<Pending> p, Op op, Buffer payload, size_t length,
+                                 uint32_t index) {
   if (ep_ == nullptr) {
     absl::Status b = Broken();
     p->Complete(b.ok() ? absl::UnavailableError("UCX endpoint is not connected") : b);
@@ -357,6 +427,7 @@ void UcxBlockClient::Impl::Start(uint64_t id, std::shared_ptr<Pending> p, Op op,
   FrameHeader h;
   h.op = op;
   h.request_id = id;
+  h.index = index;
   auto* op_state = new SendOp{this, id, h.Encode(), std::move(payload)};
   ucp_request_param_t prm{};
   prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
@@ -426,19 +497,60 @@ ucs_status_t UcxBlockClient::Impl::OnReply(void* arg, const void* header, size_t
   auto it = self->pending_.find(h->request_id);
   if (it == self->pending_.end()) return UCS_OK;  // abandoned (timed out) or failed: dropped
   std::shared_ptr<Pending> p = it->second;
-  // Where the payload goes: a block into the receive pool, the rest to the heap.
-  Buffer buffer;
-  if (h->op == Op::kGetBlock && h->status == 0) {
-    buffer = Buffer::Take(self->recv_pool_.get(), length, &self->fallbacks_);
-  } else {
-    buffer = Buffer::Heap(length);
-  }
-  if (!(param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
-    std::memcpy(buffer.data(), data, length);  // eager: small; valid only during this callback
-    self->OnPayload(*h, p, std::move(buffer), length);
+  const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+  if (!(h->op == Op::kGetBlock && h->status == 0)) {
+    // Control replies and per-block errors: short text, read in place when eager.
+    if (!rndv) {
+      self->OnPayload(*h, p, absl::string_view(static_cast<const char*>(data), length), Buffer());
+      return UCS_OK;
+    }
+    self->Receive(*h, p, data, Buffer::Heap(length), length);
     return UCS_OK;
   }
-  auto* op = new RecvOp{self, h->request_id, *h, p, std::move(buffer), length};
+  // A block: into the receive pool, straight off the wire when it comes by
+  // rendezvous (the pool region is what the caller's BlockView points into).
+  const bool fits_pool = length <= self->recv_pool_->capacity();
+  if (rndv && fits_pool && !self->deferred_.empty()) {
+    // Blocks announced earlier wait for room: queue behind them, so a later
+    // block never takes the room an earlier one (maybe the awaited one) needs.
+    self->deferred_.push_back(Deferred{*h, p, data, length});
+    self->deferred_count_.store(self->deferred_.size());
+    self->KickDeferred();
+    return UCS_INPROGRESS;
+  }
+  Buffer buffer;
+  if (BufferPool::Lease lease = self->recv_pool_->TryLease(std::max<size_t>(length, 1))) {
+    buffer = Buffer::Pooled(std::move(lease));
+  } else {
+    bool awaited = false;
+    {
+      absl::MutexLock lock(&p->mu);
+      awaited = p->next_wanted == h->index;
+    }
+    if (rndv && fits_pool && !awaited) {
+      // Wait for room: the payload stays at the server until then.
+      self->deferred_.push_back(Deferred{*h, p, data, length});
+      self->deferred_count_.store(self->deferred_.size());
+      return UCS_INPROGRESS;
+    }
+    // Eager (must be copied now; small), larger than the pool, or the block
+    // the caller waits for (which no wait of this client would make room for).
+    self->fallbacks_.fetch_add(1);
+    buffer = Buffer::Heap(length);
+  }
+  if (!rndv) {
+    std::memcpy(buffer.data(), data, length);  // eager: small; valid only during this callback
+    const absl::string_view payload(buffer.data(), length);
+    self->OnPayload(*h, p, payload, std::move(buffer));
+    return UCS_OK;
+  }
+  self->Receive(*h, p, data, std::move(buffer), length);
+  return UCS_OK;
+}
+
+void UcxBlockClient::Impl::Receive(const FrameHeader& h, const std::shared_ptr<Pending>& p, void* desc,
+                                   Buffer buffer, size_t length) {
+  auto* op = new RecvOp{this, h.request_id, h, p, std::move(buffer), length};
   ucp_request_param_t prm{};
   prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   prm.cb.recv_am = &Impl::OnRecvDone;
@@ -447,18 +559,18 @@ ucs_status_t UcxBlockClient::Impl::OnReply(void* arg, const void* header, size_t
     prm.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
     prm.memh = memh;
   }
-  void* r = ucp_am_recv_data_nbx(self->worker_->handle(), data, op->buffer.data(), length, &prm);
+  void* r = ucp_am_recv_data_nbx(worker_->handle(), desc, op->buffer.data(), length, &prm);
   if (r == nullptr) {
     std::unique_ptr<RecvOp> done(op);
-    self->OnPayload(done->header, done->pending, std::move(done->buffer), done->length);
+    const absl::string_view payload(done->buffer.data(), done->length);
+    OnPayload(done->header, done->pending, payload, std::move(done->buffer));
   } else if (UCS_PTR_IS_ERR(r)) {
     std::unique_ptr<RecvOp> failed(op);
-    self->pending_.erase(failed->id);
+    pending_.erase(failed->id);
     failed->pending->Complete(ucx::FromUcs(UCS_PTR_STATUS(r), "UCX receive"));
   } else {
-    self->outstanding_.fetch_add(1);
+    outstanding_.fetch_add(1);
   }
-  return UCS_OK;
 }
 
 void UcxBlockClient::Impl::OnRecvDone(void* request, ucs_status_t status, size_t length, void* user_data) {
@@ -471,12 +583,13 @@ void UcxBlockClient::Impl::OnRecvDone(void* request, ucs_status_t status, size_t
     op->pending->Complete(ucx::FromUcs(status, "UCX receive"));
     return;
   }
-  self->OnPayload(op->header, op->pending, std::move(op->buffer), op->length);
+  const absl::string_view payload(op->buffer.data(), op->length);
+  self->OnPayload(op->header, op->pending, payload, std::move(op->buffer));
 }
 
-void UcxBlockClient::Impl::OnPayload(const FrameHeader& h, const std::shared_ptr<Pending>& p, Buffer buffer,
-                                     size_t length) {
-  const absl::string_view payload(buffer.data(), length);
+void UcxBlockClient::Impl::OnPayload(const FrameHeader& h, const std::shared_ptr<Pending>& p,
+                                     absl::string_view payload, Buffer buffer) {
+  const size_t length = payload.size();
   switch (h.op) {
     case Op::kHelloReply:
     case Op::kPutReply:
@@ -535,7 +648,10 @@ void UcxBlockClient::Impl::Abandon(uint64_t id, const std::shared_ptr<Pending>& 
     p->abandoned = true;
     frames.swap(p->frames);  // give pool regions back now
   }
-  (void)worker_->Post([this, id] { pending_.erase(id); });
+  (void)worker_->Post([this, id] {
+    pending_.erase(id);
+    if (!deferred_.empty()) RetryDeferred();  // drops this request's deferred blocks
+  });
 }
 
 absl::Status UcxBlockClient::Impl::Put(std::span<const absl::string_view> blocks, bool write_through) {
@@ -543,7 +659,23 @@ absl::Status UcxBlockClient::Impl::Put(std::span<const absl::string_view> blocks
   // The PutRequest wire format: field 1 (blocks) per block, then field 2.
   size_t total = write_through ? 2 : 0;
   for (absl::string_view b : blocks) total += 1 + VarintSize(b.size()) + b.size();
-  Buffer buffer = Buffer::Take(send_pool_.get(), total, &fallbacks_);
+  const absl::Time deadline = absl::Now() + options_.timeout;
+  Buffer buffer;
+  if (total <= send_pool_->capacity()) {
+    // Regions come back as earlier sends complete (never on anything this
+    // caller holds), so waiting cannot deadlock; it is bounded by the timeout.
+    BufferPool::Lease lease = send_pool_->LeaseWithin(std::max<size_t>(total, 1), deadline);
+    if (!lease) {
+      return absl::DeadlineExceededError(absl::StrCat("UCX Put of ", total, " bytes: no room in the send pool (",
+                                                      options_.send_pool_bytes, " bytes) within ",
+                                                      absl::FormatDuration(options_.timeout)));
+    }
+    buffer = Buffer::Pooled(std::move(lease));
+  } else {
+    // A single Put larger than the whole pool: memory of its own, counted.
+    fallbacks_.fetch_add(1);
+    buffer = Buffer::Heap(total);
+  }
   char* w = buffer.data();
   for (absl::string_view b : blocks) {
     *w++ = 0x0a;
@@ -557,7 +689,6 @@ absl::Status UcxBlockClient::Impl::Put(std::span<const absl::string_view> blocks
   }
   const uint64_t id = next_id_.fetch_add(1);
   auto p = std::make_shared<Pending>(Op::kPut, 0);
-  const absl::Time deadline = absl::Now() + options_.timeout;
   if (!worker_->Post([this, id, p, buffer = std::move(buffer), total]() mutable {
         Start(id, p, Op::kPut, std::move(buffer), total);
       })) {
@@ -587,6 +718,7 @@ absl::Status UcxBlockClient::Impl::Get(std::span<const BlockKey> keys, absl::Fun
     absl::Status failed;
     {
       absl::MutexLock lock(&p->mu);
+      p->next_wanted = next;
       auto ready = [&p, next]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu) {
         return p->done || (next < p->frames.size() && p->frames[next].ready);
       };
@@ -620,6 +752,15 @@ absl::Status UcxBlockClient::Impl::Get(std::span<const BlockKey> keys, absl::Fun
       }
     }
     on_block(g);
+    // In this order: the region goes back before the next block counts as
+    // waited for, so that block never takes memory of its own only because
+    // this one still held the pool.
+    f.buffer = Buffer();
+    {
+      absl::MutexLock lock(&p->mu);
+      p->next_wanted = next + 1;
+    }
+    KickDeferred();  // the block waited for next may be a deferred one
   }
   return absl::OkStatus();
 }

@@ -9,13 +9,18 @@
 // threads never progress UCX themselves, so one slow caller cannot stall the
 // others' traffic, and the worker needs no locks (UCS_THREAD_MODE_SINGLE).
 //
-// Memory: two pools are ucp_mem_map'ed once per client and reused: the send
-// pool (a Put's PutRequest bytes are written there with one copy of each
-// block, then sent from registered memory) and the receive pool (a Get's
-// blocks land there, straight from the wire for rendezvous transfers, and
-// reach the caller as BlockViews over it). A Put or a Get block larger than
-// the free pool space falls back to a heap buffer (counted in
-// pool_fallbacks()), so a burst never deadlocks, it just loses registration.
+// Memory: two pools are ucp_mem_map'ed once per client and reused, and
+// never grow: the send pool (a Put's PutRequest bytes are written there with
+// one copy of each block, then sent from registered memory) and the receive
+// pool (a Get's blocks land there, straight from the wire for rendezvous
+// transfers, and reach the caller as BlockViews over it, no further copy).
+// A Put waits (within options.timeout) for send-pool room. A Get block that
+// finds the receive pool full stays at the server (its rendezvous is put
+// off) until a region comes back. Memory of its own is used, and counted in
+// pool_fallbacks(), only where waiting could not help: a single Put or block
+// larger than its whole pool, a small eager block that must be copied at
+// once, and the block a caller is waiting for when the pool is full of later
+// blocks (at most one such block per Get in progress).
 //
 // Failure: a lost connection (server died, network) fails every call in
 // flight with UNAVAILABLE at once and every later call too; create a new
@@ -54,7 +59,8 @@ struct UcxBlockClientOptions {
   std::string connect = "auto";
   // Bound on every call (connect + HELLO, Put, Get). Default 30s.
   absl::Duration timeout = absl::Seconds(30);
-  // Registered receive / send pool sizes in bytes. Default 64 MiB each.
+  // Registered receive / send pool sizes in bytes; a Get's blocks (or a
+  // Put) larger than its pool cost a copy outside it. Default 64 MiB each.
   size_t recv_pool_bytes = 64ull << 20;
   size_t send_pool_bytes = 64ull << 20;
   // The gRPC side (address, token, TLS) for Lookup and Healthy.
@@ -79,7 +85,8 @@ class UcxBlockClient final : public BlockClient {
 
   // The tenant the server mapped the token to ("" with auth off).
   const std::string& tenant() const;
-  // Transfers that did not fit the registered pools (diagnostics).
+  // Transfers that used memory of their own, not the registered pools
+  // (see "Memory" above; diagnostics).
   uint64_t pool_fallbacks() const;
 
   class Impl;
