@@ -1,6 +1,7 @@
 #include "transport/ucx_worker.h"
 
 #include <netdb.h>
+#include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -10,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 
 namespace kvc::ucx {
 namespace {
@@ -215,6 +217,49 @@ void CloseEndpoint(ucp_worker_h worker, ucp_ep_h ep, bool force, absl::Duration 
     return;
   }
   ucp_request_free(req);
+}
+
+absl::StatusOr<ucp_listener_h> Listen(ucp_worker_h worker, absl::string_view address,
+                                      ucp_listener_conn_callback_t cb, void* arg, int* port) {
+  sockaddr_storage addr;
+  socklen_t addr_len = 0;
+  KVC_RETURN_IF_ERROR(ParseSockaddr(address, &addr, &addr_len));
+  ucp_listener_params_t lp{};
+  lp.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
+  lp.sockaddr.addr = reinterpret_cast<const sockaddr*>(&addr);
+  lp.sockaddr.addrlen = addr_len;
+  lp.conn_handler.cb = cb;
+  lp.conn_handler.arg = arg;
+  ucp_listener_h listener = nullptr;
+  if (ucs_status_t s = ucp_listener_create(worker, &lp, &listener); s != UCS_OK) {
+    return FromUcs(s, absl::StrCat("UCX listen on '", address, "'"));
+  }
+  ucp_listener_attr_t attr{};
+  attr.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
+  if (ucs_status_t s = ucp_listener_query(listener, &attr); s != UCS_OK) {
+    ucp_listener_destroy(listener);
+    return FromUcs(s, "ucp_listener_query");
+  }
+  *port = attr.sockaddr.ss_family == AF_INET
+              ? ntohs(reinterpret_cast<const sockaddr_in*>(&attr.sockaddr)->sin_port)
+              : ntohs(reinterpret_cast<const sockaddr_in6*>(&attr.sockaddr)->sin6_port);
+  return listener;
+}
+
+absl::StatusOr<ucp_ep_h> ConnectToListener(ucp_worker_h worker, const sockaddr_storage& addr, socklen_t len,
+                                           ucp_err_handler_cb_t err_cb, void* err_arg) {
+  ucp_ep_params_t ep{};
+  ep.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                  UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  ep.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
+  ep.sockaddr.addr = reinterpret_cast<const sockaddr*>(&addr);
+  ep.sockaddr.addrlen = len;
+  ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  ep.err_handler.cb = err_cb;
+  ep.err_handler.arg = err_arg;
+  ucp_ep_h out = nullptr;
+  if (ucs_status_t s = ucp_ep_create(worker, &ep, &out); s != UCS_OK) return FromUcs(s, "ucp_ep_create");
+  return out;
 }
 
 absl::Status ParseSockaddr(absl::string_view address, struct sockaddr_storage* out, socklen_t* len) {

@@ -94,6 +94,18 @@ ucs_status_t WaitOnProgressThread(ucp_worker_h worker, void* request, absl::Dura
 // and waits up to `timeout` for the close. On the progress thread only.
 void CloseEndpoint(ucp_worker_h worker, ucp_ep_h ep, bool force, absl::Duration timeout);
 
+// A listener on `address` ("host:port"; port 0 picks one) that hands each
+// connection request to cb(request, arg); *port gets the bound port. On
+// the progress thread, or before the worker starts.
+absl::StatusOr<ucp_listener_h> Listen(ucp_worker_h worker, absl::string_view address,
+                                      ucp_listener_conn_callback_t cb, void* arg, int* port);
+
+// An endpoint to a listener at `addr` (ucp_ep_create with
+// UCP_EP_PARAMS_FLAGS_CLIENT_SERVER), with peer-failure handling that
+// reports to err_cb(err_arg, ep, status). On the progress thread.
+absl::StatusOr<ucp_ep_h> ConnectToListener(ucp_worker_h worker, const struct sockaddr_storage& addr, socklen_t len,
+                                           ucp_err_handler_cb_t err_cb, void* err_arg);
+
 // Splits "host:port" into a sockaddr; INVALID_ARGUMENT naming the address
 // when it is not an IPv4/IPv6 literal or a resolvable name with a port.
 absl::Status ParseSockaddr(absl::string_view address, struct sockaddr_storage* out, socklen_t* len);

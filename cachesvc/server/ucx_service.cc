@@ -218,9 +218,6 @@ void UcxService::Impl::Untrack(UcxOp* op) {
 }
 
 absl::Status UcxService::Impl::Init(const UcxServiceOptions& options, int* port) {
-  sockaddr_storage addr;
-  socklen_t addr_len = 0;
-  KVC_RETURN_IF_ERROR(ucx::ParseSockaddr(options.listen_address, &addr, &addr_len));
   KVC_ASSIGN_OR_RETURN(context_, ucx::UcxContext::Create(options.ucx));
   const size_t pool_bytes = std::max<size_t>(options.recv_pool_bytes, svc_->limits().max_message_bytes);
   KVC_ASSIGN_OR_RETURN(auto pool_memory,
@@ -238,22 +235,7 @@ absl::Status UcxService::Impl::Init(const UcxServiceOptions& options, int* port)
     ucp_worker_release_address(worker_->handle(), address);
   }
 
-  ucp_listener_params_t lp{};
-  lp.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
-  lp.sockaddr.addr = reinterpret_cast<const sockaddr*>(&addr);
-  lp.sockaddr.addrlen = addr_len;
-  lp.conn_handler.cb = &Impl::OnConnRequest;
-  lp.conn_handler.arg = this;
-  if (ucs_status_t s = ucp_listener_create(worker_->handle(), &lp, &listener_); s != UCS_OK) {
-    listener_ = nullptr;
-    return ucx::FromUcs(s, absl::StrCat("UCX listen on '", options.listen_address, "'"));
-  }
-  ucp_listener_attr_t attr{};
-  attr.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
-  if (ucs_status_t s = ucp_listener_query(listener_, &attr); s != UCS_OK) return ucx::FromUcs(s, "ucp_listener_query");
-  *port = attr.sockaddr.ss_family == AF_INET
-              ? ntohs(reinterpret_cast<const sockaddr_in*>(&attr.sockaddr)->sin_port)
-              : ntohs(reinterpret_cast<const sockaddr_in6*>(&attr.sockaddr)->sin6_port);
+  KVC_ASSIGN_OR_RETURN(listener_, ucx::Listen(worker_->handle(), options.listen_address, &Impl::OnConnRequest, this, port));
   worker_->Start();
   return absl::OkStatus();
 }

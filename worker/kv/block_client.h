@@ -42,6 +42,22 @@ struct GotBlock {
   BlockView block;             // valid when status.ok(), only during the callback
 };
 
+// The service did not answer the call (away, too slow, the transfer broke):
+// worth trying again later, unlike a refusal of what was asked.
+inline bool IsUnreachable(const absl::Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnknown:
+    case absl::StatusCode::kCancelled:
+      return true;
+    default:
+      return false;
+  }
+}
+
 // Thread-safe: any number of threads may call any method concurrently.
 class BlockClient {
  public:

@@ -35,19 +35,7 @@ BlockWriter::~BlockWriter() {
   thread_.join();
 }
 
-bool BlockWriter::Retriable(const absl::Status& s) {
-  switch (s.code()) {
-    case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kDeadlineExceeded:
-    case absl::StatusCode::kAborted:
-    case absl::StatusCode::kInternal:
-    case absl::StatusCode::kUnknown:
-    case absl::StatusCode::kCancelled:
-      return true;
-    default:
-      return false;
-  }
-}
+bool BlockWriter::Retriable(const absl::Status& s) { return IsUnreachable(s); }
 
 void BlockWriter::Resolve(std::vector<Entry>& entries, bool stored) {
   if (entries.empty()) return;

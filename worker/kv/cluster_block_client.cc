@@ -37,19 +37,7 @@ struct ClusterBlockClient::View {
 namespace {
 
 // The member is away or too slow: skip it for a while, its keys are misses.
-bool Unreachable(const absl::Status& s) {
-  switch (s.code()) {
-    case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kDeadlineExceeded:
-    case absl::StatusCode::kAborted:
-    case absl::StatusCode::kInternal:
-    case absl::StatusCode::kUnknown:
-    case absl::StatusCode::kCancelled:
-      return true;
-    default:
-      return false;
-  }
-}
+bool Unreachable(const absl::Status& s) { return IsUnreachable(s); }
 
 // The member refused the request for what it is (a bad token, a bad
 // request): every member would, so the caller must see it.

@@ -250,20 +250,13 @@ absl::Status UcxBlockClient::Impl::Init(const UcxBlockClientOptions& options) {
                                                "'): ", s.message()));
   };
   const bool posted = worker_->Post([this, id, p, addr, addr_len, authorization]() mutable {
-    ucp_ep_params_t ep{};
-    ep.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                    UCP_EP_PARAM_FIELD_ERR_HANDLER;
-    ep.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
-    ep.sockaddr.addr = reinterpret_cast<const sockaddr*>(&addr);
-    ep.sockaddr.addrlen = addr_len;
-    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-    ep.err_handler.cb = &Impl::OnEpError;
-    ep.err_handler.arg = this;
-    if (ucs_status_t s = ucp_ep_create(worker_->handle(), &ep, &ep_); s != UCS_OK) {
+    absl::StatusOr<ucp_ep_h> ep = ucx::ConnectToListener(worker_->handle(), addr, addr_len, &Impl::OnEpError, this);
+    if (!ep.ok()) {
       ep_ = nullptr;
-      p->Complete(ucx::FromUcs(s, "ucp_ep_create"));
+      p->Complete(ep.status());
       return;
     }
+    ep_ = *ep;
     const size_t n = authorization.size();
     Start(id, p, Op::kHello, Buffer::Text(authorization), n);
   });

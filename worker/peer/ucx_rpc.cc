@@ -124,32 +124,13 @@ class RpcServer::Impl {
   Impl(const RpcServerOptions& options, RpcHandler handler) : options_(options), handler_(std::move(handler)) {}
 
   absl::Status Start() {
-    sockaddr_storage addr;
-    socklen_t addr_len = 0;
-    KVC_RETURN_IF_ERROR(ucx::ParseSockaddr(options_.listen_address, &addr, &addr_len));
     ucx::UcxOptions u = options_.ucx;
     u.reuse_address = true;
     KVC_ASSIGN_OR_RETURN(context_, ucx::UcxContext::Create(u));
     KVC_ASSIGN_OR_RETURN(worker_, ucx::UcxWorker::Create(context_.get(), "kvc-peer-server"));
     KVC_RETURN_IF_ERROR(worker_->SetAmHandler(kAmRpcRequest, &Impl::OnRequest, this));
-    ucp_listener_params_t lp{};
-    lp.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
-    lp.sockaddr.addr = reinterpret_cast<const sockaddr*>(&addr);
-    lp.sockaddr.addrlen = addr_len;
-    lp.conn_handler.cb = &Impl::OnConnRequest;
-    lp.conn_handler.arg = this;
-    if (ucs_status_t s = ucp_listener_create(worker_->handle(), &lp, &listener_); s != UCS_OK) {
-      listener_ = nullptr;
-      return ucx::FromUcs(s, absl::StrCat("peer listen on '", options_.listen_address, "'"));
-    }
-    ucp_listener_attr_t attr{};
-    attr.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
-    if (ucs_status_t s = ucp_listener_query(listener_, &attr); s != UCS_OK) {
-      return ucx::FromUcs(s, "ucp_listener_query");
-    }
-    port_ = attr.sockaddr.ss_family == AF_INET
-                ? ntohs(reinterpret_cast<const sockaddr_in*>(&attr.sockaddr)->sin_port)
-                : ntohs(reinterpret_cast<const sockaddr_in6*>(&attr.sockaddr)->sin6_port);
+    KVC_ASSIGN_OR_RETURN(listener_,
+                         ucx::Listen(worker_->handle(), options_.listen_address, &Impl::OnConnRequest, this, &port_));
     for (int i = 0; i < std::max(1, options_.threads); ++i) threads_.emplace_back([this] { Serve(); });
     worker_->Start();
     return absl::OkStatus();
@@ -346,20 +327,13 @@ class RpcClient::Impl {
     worker_->Start();
     auto created = std::make_shared<RpcClient::Call>();
     const bool posted = worker_->Post([this, addr, addr_len, created] {
-      ucp_ep_params_t ep{};
-      ep.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
-                      UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
-      ep.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
-      ep.sockaddr.addr = reinterpret_cast<const sockaddr*>(&addr);
-      ep.sockaddr.addrlen = addr_len;
-      ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-      ep.err_handler.cb = &Impl::OnEpError;
-      ep.err_handler.arg = this;
-      if (ucs_status_t s = ucp_ep_create(worker_->handle(), &ep, &ep_); s != UCS_OK) {
-        ep_ = nullptr;
-        created->Complete(ucx::FromUcs(s, "ucp_ep_create"));
+      absl::StatusOr<ucp_ep_h> ep =
+          ucx::ConnectToListener(worker_->handle(), addr, addr_len, &Impl::OnEpError, this);
+      if (!ep.ok()) {
+        created->Complete(ep.status());
         return;
       }
+      ep_ = *ep;
       created->Complete(std::string());
     });
     if (!posted) return absl::UnavailableError("peer client is shutting down");
