@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <vector>
@@ -314,7 +315,26 @@ absl::Status UcxBlockClient::Impl::Init(const UcxBlockClientOptions& options) {
         })) {
       return absl::UnavailableError("UCX client is shutting down");
     }
-    KVC_RETURN_IF_ERROR(with_context(Await(id2, p2, deadline, "HELLO over the worker address")));
+    // It answers within milliseconds when it works at all.
+    const absl::Time sm_deadline = std::min(deadline, absl::Now() + absl::Seconds(2));
+    const absl::Status sm = Await(id2, p2, sm_deadline, "HELLO over the worker address");
+    if (!sm.ok() && !absl::IsDeadlineExceeded(sm)) return with_context(sm);
+    if (!sm.ok()) {
+      // No answer over shared memory (under UCX 1.13 a client that died
+      // mid-transfer can leave the server's shared-memory receive queue
+      // stuck): the data goes over the listener connection instead. The
+      // unanswered endpoint is closed with the client (error mode NONE
+      // allows no forced close).
+      KVC_LOG(kWarning, "ucx_worker_address_unanswered").With("address", options.address).With("fallback", "listener");
+      absl::Notification swapped;
+      if (!worker_->Post([this, &swapped] {
+            std::swap(ep_, boot_ep_);
+            swapped.Notify();
+          })) {
+        return absl::UnavailableError("UCX client is shutting down");
+      }
+      swapped.WaitForNotification();
+    }
   }
   if (std::getenv("KVC_UCX_PRINT_EP") != nullptr) {  // diagnostics: the lanes UCX chose
     absl::Notification printed;
