@@ -5,7 +5,10 @@
 // server killed mid-Get (the client returns an error within its timeout),
 // and full registered pools on either side (refused or deferred, never
 // unbounded memory, never a deadlock).
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -52,7 +55,7 @@ using ::testing::HasSubstr;
   o.token = testing::kTokenA;
   o.ucx.tls = std::getenv("KVC_UCX_CHILD_TLS");
   o.ucx.net_devices = std::getenv("KVC_UCX_CHILD_DEV");
-  o.grpc.address = o.address;  // unused by Put
+  o.grpc.address = std::getenv("KVC_UCX_CHILD_GRPC");
   o.timeout = absl::Seconds(20);
   auto c = UcxBlockClient::Create(o);
   if (!c.ok()) {
@@ -517,6 +520,7 @@ void KillClientMidTransfer(const TransportParam& param, const std::string& role)
   if (pid == 0) {
     setenv("KVC_UCX_CHILD", role.c_str(), 1);
     setenv("KVC_UCX_CHILD_ADDR", addr.c_str(), 1);
+    setenv("KVC_UCX_CHILD_GRPC", absl::StrCat("127.0.0.1:", (*server)->port()).c_str(), 1);
     setenv("KVC_UCX_CHILD_TLS", param.tls, 1);
     setenv("KVC_UCX_CHILD_DEV", param.net_devices, 1);
     setenv("KVC_UCX_CHILD_MARK", mark.c_str(), 1);
@@ -641,6 +645,99 @@ INSTANTIATE_TEST_SUITE_P(Transports, KilledPeerTest,
                          ::testing::Values(TransportParam{"ucx_sm", "ucx", "sm,tcp", "lo"},
                                            TransportParam{"ucx_tcp", "ucx", "tcp", "lo"}),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// --- a silent host ---------------------------------------------------------------
+
+// A TCP port on loopback that never answers: a listening socket whose accept
+// queue (backlog 0) is already full, so the kernel drops every further SYN,
+// as a host that is gone or partitioned does.
+class SilentPort {
+ public:
+  SilentPort() {
+    listener_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    if (bind(listener_, reinterpret_cast<sockaddr*>(&a), len) != 0 || listen(listener_, 0) != 0 ||
+        getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      ADD_FAILURE() << "cannot listen on loopback";
+      return;
+    }
+    port_ = ntohs(a.sin_port);
+    filler_ = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(filler_, reinterpret_cast<sockaddr*>(&a), len) != 0) ADD_FAILURE() << "cannot fill the accept queue";
+  }
+  ~SilentPort() {
+    close(filler_);
+    close(listener_);
+  }
+  int port() const { return port_; }
+
+ private:
+  int listener_ = -1;
+  int filler_ = -1;
+  int port_ = 0;
+};
+
+// UCX 1.13 aborts the process when a client gives up on an endpoint still in
+// wireup; a host that answers nothing must instead cost the client its
+// timeout and a clear UNAVAILABLE, and the process goes on.
+TEST(SilentHostTest, UcxClientToAHostThatAnswersNothingFailsWithinItsTimeout) {
+  SilentPort grpc_port;
+  SilentPort ucx_port;
+  for (const char* tls : {"tcp", "sm,tcp"}) {
+    SCOPED_TRACE(tls);
+    UcxBlockClientOptions co;
+    co.address = absl::StrCat("127.0.0.1:", ucx_port.port());
+    co.token = testing::kTokenA;
+    co.ucx.tls = tls;
+    co.ucx.net_devices = "lo";
+    co.grpc.address = absl::StrCat("127.0.0.1:", grpc_port.port());
+    co.timeout = absl::Seconds(1);
+    const absl::Time start = absl::Now();
+    auto c = UcxBlockClient::Create(co);
+    EXPECT_FALSE(c.ok());
+    EXPECT_THAT(c.status().code(), AnyOf(absl::StatusCode::kUnavailable, absl::StatusCode::kDeadlineExceeded))
+        << c.status();
+    EXPECT_THAT(c.status().message(), HasSubstr(co.grpc.address)) << c.status();
+    EXPECT_LT(absl::Now() - start, absl::Seconds(4));
+  }
+  // gRPC answers, the UCX port does not (a firewall, a wedged listener): the
+  // endpoint never leaves wireup and is force-closed, not left for
+  // ucp_worker_destroy to abort on.
+  {
+    testing::TempDir dir;
+    testing::KvcachedChild child(dir.path(), testing::KvcachedChildOptions{});
+    UcxBlockClientOptions co;
+    co.address = absl::StrCat("127.0.0.1:", ucx_port.port());
+    co.token = testing::kTokenA;
+    co.ucx.tls = "tcp";
+    co.ucx.net_devices = "lo";
+    co.grpc.address = absl::StrCat("127.0.0.1:", child.port());
+    co.timeout = absl::Seconds(1);
+    const absl::Time start = absl::Now();
+    auto c = UcxBlockClient::Create(co);
+    EXPECT_FALSE(c.ok());
+    EXPECT_THAT(c.status().message(), HasSubstr(co.address)) << c.status();
+    EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  }
+  // Through the factory (transport auto): no fallback to a gRPC client of a
+  // host that does not answer gRPC either.
+  BlockClientOptions bo;
+  bo.grpc.address = absl::StrCat("127.0.0.1:", grpc_port.port());
+  bo.grpc.token = testing::kTokenA;
+  bo.grpc.timeout = absl::Seconds(1);
+  bo.ucx.address = absl::StrCat("127.0.0.1:", ucx_port.port());
+  bo.ucx.ucx.tls = "tcp";
+  bo.ucx.ucx.net_devices = "lo";
+  bo.ucx.timeout = absl::Seconds(1);
+  const absl::Time start = absl::Now();
+  auto m = MakeBlockClient(bo);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(4));
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kUnavailable) << m.status();
+  EXPECT_THAT(m.status().message(), HasSubstr(bo.grpc.address)) << m.status();
+}
 
 // --- the server's receive pool --------------------------------------------------
 

@@ -7,7 +7,7 @@
 // briefly when it goes quiet, then sleeps in epoll on the worker's event fd
 // (ucp_worker_get_efd + ucp_worker_arm) and an eventfd Post() writes to, so
 // an idle worker costs no CPU and a new request or message wakes it at once.
-// The spin is the context's UcxOptions::progress_spin (default 100 us).
+// The spin is the context's UcxOptions::progress_spin (default 0: no spin).
 #ifndef KVC_TRANSPORT_UCX_WORKER_H_
 #define KVC_TRANSPORT_UCX_WORKER_H_
 

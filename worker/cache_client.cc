@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "absl/strings/str_cat.h"
 #include "common/hash.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -48,6 +49,23 @@ absl::Status CacheClient::WaitForReady(absl::Duration timeout) {
                         std::chrono::milliseconds(absl::ToInt64Milliseconds(timeout));
   if (!channel_->WaitForConnected(deadline)) {
     return absl::UnavailableError("cannot connect to " + options_.address);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CacheClient::Reach(absl::Duration timeout) {
+  const auto deadline =
+      std::chrono::system_clock::now() + std::chrono::milliseconds(absl::ToInt64Milliseconds(timeout));
+  grpc_connectivity_state state = channel_->GetState(/*try_to_connect=*/true);
+  while (state != GRPC_CHANNEL_READY) {
+    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE || state == GRPC_CHANNEL_SHUTDOWN) {
+      return absl::UnavailableError(absl::StrCat("cache service ", options_.address, " refused the connection"));
+    }
+    if (!channel_->WaitForStateChange(state, deadline)) {
+      return absl::UnavailableError(absl::StrCat("cache service ", options_.address, " did not answer within ",
+                                                 absl::FormatDuration(timeout)));
+    }
+    state = channel_->GetState(/*try_to_connect=*/true);
   }
   return absl::OkStatus();
 }

@@ -45,8 +45,13 @@ class CacheClient {
   // Creates the channel; does not wait for the server (see WaitForReady).
   static absl::StatusOr<std::unique_ptr<CacheClient>> Connect(const ClientOptions& options);
 
-  // Blocks until the channel is connected or `timeout` passes.
+  // Blocks until the channel is connected or `timeout` passes, retrying
+  // refused connections (a server that is still starting).
   absl::Status WaitForReady(absl::Duration timeout);
+  // OK once the channel is connected; UNAVAILABLE as soon as connecting fails
+  // (a refused connection), or when `timeout` passes with no answer at all (a
+  // host that is gone or partitioned). The message names the address.
+  absl::Status Reach(absl::Duration timeout);
 
   absl::StatusOr<kvcache::v1::PutResponse> Put(const kvcache::v1::PutRequest& request);
   // Calls `on_response` for each streamed response (in key order) and returns

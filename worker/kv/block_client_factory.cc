@@ -2,6 +2,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
+#include "worker/cache_client.h"
 #include "worker/kv/grpc_block_client.h"
 
 namespace kvc {
@@ -28,6 +30,10 @@ absl::StatusOr<std::unique_ptr<BlockClient>> MakeBlockClient(const BlockClientOp
       UcxBlockClientOptions uo = options.ucx;
       if (uo.token.empty()) uo.token = options.grpc.token;
       uo.grpc = options.grpc;
+      // A host that does not answer gRPC either gets no gRPC fallback (its
+      // calls would only time out): the caller sees it unreachable now.
+      KVC_ASSIGN_OR_RETURN(std::unique_ptr<CacheClient> reach, CacheClient::Connect(options.grpc));
+      KVC_RETURN_IF_ERROR(reach->Reach(uo.timeout));
       absl::StatusOr<std::unique_ptr<UcxBlockClient>> ucx = UcxBlockClient::Create(uo);
       if (ucx.ok()) return std::unique_ptr<BlockClient>(*std::move(ucx));
       // Refusals that gRPC would give too (a bad token) are not a reason to fall back.

@@ -71,25 +71,6 @@ void RunAll(std::vector<std::function<void()>>& tasks) {
   for (std::thread& t : threads) t.join();
 }
 
-// OK once `channel` is connected; UNAVAILABLE as soon as connecting fails
-// (a refused connection) or when `timeout` passes (no answer at all).
-absl::Status Reach(grpc::Channel& channel, const std::string& address, absl::Duration timeout) {
-  const auto deadline =
-      std::chrono::system_clock::now() + std::chrono::milliseconds(absl::ToInt64Milliseconds(timeout));
-  grpc_connectivity_state state = channel.GetState(/*try_to_connect=*/true);
-  while (state != GRPC_CHANNEL_READY) {
-    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE || state == GRPC_CHANNEL_SHUTDOWN) {
-      return absl::UnavailableError(absl::StrCat("cache-service member ", address, " refused the connection"));
-    }
-    if (!channel.WaitForStateChange(state, deadline)) {
-      return absl::UnavailableError(
-          absl::StrCat("cache-service member ", address, " did not answer within ", absl::FormatDuration(timeout)));
-    }
-    state = channel.GetState(/*try_to_connect=*/true);
-  }
-  return absl::OkStatus();
-}
-
 // Which members a call may ask: those not within their down_backoff.
 std::vector<char> Usable(const std::vector<std::shared_ptr<ClusterBlockClient::Member>>& members, absl::Time now) {
   std::vector<char> out(members.size());
@@ -165,19 +146,11 @@ std::shared_ptr<ClusterBlockClient::Member> ClusterBlockClient::MakeMember(const
   }
   o.ucx.address = ucx_port > 0 ? absl::StrCat(host, ":", ucx_port) : "";
   o.ucx.timeout = options_.cluster.member_timeout;
-  const absl::Duration timeout = options_.cluster.member_timeout;
   m->client = std::make_unique<ResilientBlockClient>(
-      [o, timeout]() -> absl::StatusOr<std::unique_ptr<BlockClient>> {
-        if (o.transport != "grpc" && !o.ucx.address.empty()) {
-          // A host that does not answer at all (gone, partitioned) is found
-          // out over gRPC first, not by a UCX connect that times out: UCX
-          // 1.13 aborts the process when a client gives up on an endpoint
-          // still in wireup ("pending request ... should have been flushed"
-          // in ucp_worker_destroy). The channel is shared with the client
-          // made next, so a member that answers pays nothing for it.
-          KVC_ASSIGN_OR_RETURN(std::unique_ptr<CacheClient> reach, CacheClient::Connect(o.grpc));
-          KVC_RETURN_IF_ERROR(Reach(*reach->channel(), o.grpc.address, timeout));
-        }
+      [o]() -> absl::StatusOr<std::unique_ptr<BlockClient>> {
+        // A member that answers nothing is found out over gRPC first
+        // (MakeBlockClient reaches it before any UCX connect): UNAVAILABLE
+        // within member_timeout, so it is skipped for its backoff.
         return MakeBlockClient(o);
       },
       options_.reconnect, options_.clock);

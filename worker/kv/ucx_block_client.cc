@@ -209,6 +209,13 @@ class UcxBlockClient::Impl {
   ucp_ep_h ep_ = nullptr;       // requests go here
   ucp_ep_h boot_ep_ = nullptr;  // the listener connection, when ep_ is by worker address
   void* boot_close_request_ = nullptr;
+  // A worker-address endpoint whose HELLO went unanswered: closed with the
+  // client, forced (its requests may never leave the wireup queue).
+  ucp_ep_h unanswered_ep_ = nullptr;
+  // Init finished: ep_ is wired up. Until then a close must be forced, since
+  // UCX 1.13 aborts in ucp_worker_destroy on a request still queued on an
+  // endpoint in wireup (a flush close of it never completes).
+  std::atomic<bool> connected_{false};
   absl::flat_hash_map<uint64_t, std::shared_ptr<Pending>> pending_;
   std::deque<Deferred> deferred_;
   std::atomic<size_t> deferred_count_{0};  // deferred_.size(), for other threads
@@ -241,6 +248,12 @@ absl::Status UcxBlockClient::Impl::Init(const UcxBlockClientOptions& options) {
   KVC_RETURN_IF_ERROR(worker_->SetAmHandler(ucx::kAmIdReply, &Impl::OnReply, this));
   worker_->Start();
   KVC_ASSIGN_OR_RETURN(grpc_, CacheClient::Connect(options.grpc));
+  // A host that answers nothing (gone, partitioned) is found out over gRPC,
+  // which carries lookups and health anyway, before any UCX connect: fail
+  // fast, and no endpoint is left in wireup.
+  if (absl::Status s = grpc_->Reach(options.timeout); !s.ok()) {
+    return absl::UnavailableError(absl::StrCat("UCX connect to ", options.address, ": ", s.message()));
+  }
 
   const uint64_t id = next_id_.fetch_add(1);
   auto p = std::make_shared<Pending>(Op::kHello, 0);
@@ -328,7 +341,7 @@ absl::Status UcxBlockClient::Impl::Init(const UcxBlockClientOptions& options) {
       KVC_LOG(kWarning, "ucx_worker_address_unanswered").With("address", options.address).With("fallback", "listener");
       absl::Notification swapped;
       if (!worker_->Post([this, &swapped] {
-            std::swap(ep_, boot_ep_);
+            unanswered_ep_ = std::exchange(ep_, std::exchange(boot_ep_, nullptr));
             swapped.Notify();
           })) {
         return absl::UnavailableError("UCX client is shutting down");
@@ -336,6 +349,7 @@ absl::Status UcxBlockClient::Impl::Init(const UcxBlockClientOptions& options) {
       swapped.WaitForNotification();
     }
   }
+  connected_.store(true);
   if (std::getenv("KVC_UCX_PRINT_EP") != nullptr) {  // diagnostics: the lanes UCX chose
     absl::Notification printed;
     if (worker_->Post([this, &printed] {
@@ -356,9 +370,17 @@ UcxBlockClient::Impl::~Impl() {
         for (auto [ep, req] : {std::pair{&ep_, &close_request_}, std::pair{&boot_ep_, &boot_close_request_}}) {
           if (*ep == nullptr) continue;
           ucp_request_param_t p{};
+          if (!connected_.load()) {
+            p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+            p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+          }
           void* r = ucp_ep_close_nbx(*ep, &p);
           if (r != nullptr && !UCS_PTR_IS_ERR(r)) *req = r;
           *ep = nullptr;
+        }
+        if (unanswered_ep_ != nullptr) {
+          ucx::CloseEndpoint(worker_->handle(), std::exchange(unanswered_ep_, nullptr), /*force=*/true,
+                             absl::Seconds(1));
         }
       },
       [this] {

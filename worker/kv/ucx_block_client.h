@@ -63,7 +63,9 @@ struct UcxBlockClientOptions {
   // Put) larger than its pool cost a copy outside it. Default 64 MiB each.
   size_t recv_pool_bytes = 64ull << 20;
   size_t send_pool_bytes = 64ull << 20;
-  // The gRPC side (address, token, TLS) for Lookup and Healthy.
+  // The gRPC side (address, token, TLS) for Lookup and Healthy. It must
+  // answer: Create reaches it first (within `timeout`), so a host that
+  // answers nothing fails over gRPC before any UCX endpoint is opened.
   ClientOptions grpc;
 
   absl::Status Validate() const;
@@ -71,8 +73,9 @@ struct UcxBlockClientOptions {
 
 class UcxBlockClient final : public BlockClient {
  public:
-  // Connects and authenticates (HELLO) within options.timeout: UNAVAILABLE
-  // when the listener is unreachable, UNAUTHENTICATED for a bad token.
+  // Reaches the gRPC side, then connects and authenticates (HELLO), each
+  // within options.timeout: UNAVAILABLE when either is unreachable (the
+  // message names which), UNAUTHENTICATED for a bad token.
   static absl::StatusOr<std::unique_ptr<UcxBlockClient>> Create(const UcxBlockClientOptions& options);
   ~UcxBlockClient() override;
 
