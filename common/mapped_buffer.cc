@@ -17,16 +17,30 @@ size_t PageSize() {
   return page;
 }
 
-void AdviseHuge(void* at, size_t bytes) {
+}  // namespace
+
+void AdviseHugePages(void* at, size_t bytes) {
 #ifdef MADV_HUGEPAGE
-  if (bytes >= (size_t{2} << 20)) ::madvise(at, bytes, MADV_HUGEPAGE);  // advisory
+  if (bytes >= (size_t{2} << 20)) ::madvise(at, bytes, MADV_HUGEPAGE);
 #else
   (void)at;
   (void)bytes;
 #endif
 }
 
-}  // namespace
+void* MapAnonymous(size_t bytes, bool huge_pages, bool populate) {
+  void* at = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (at == MAP_FAILED) return at;
+  if (huge_pages) AdviseHugePages(at, bytes);
+  if (populate) {
+#ifdef MADV_POPULATE_WRITE
+    if (::madvise(at, bytes, MADV_POPULATE_WRITE) == 0) return at;
+#endif
+    const size_t page = PageSize();
+    for (size_t i = 0; i < bytes; i += page) static_cast<volatile uint8_t*>(at)[i] = 0;
+  }
+  return at;
+}
 
 MappedBuffer::~MappedBuffer() {
   if (data_ != nullptr) ::munmap(data_, mapped_);
@@ -81,8 +95,7 @@ absl::Status MappedBuffer::Resize(size_t bytes) {
   }
   void* at;
   if (data_ == nullptr) {
-    at = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | (populate_ ? MAP_POPULATE : 0),
-                -1, 0);
+    at = MapAnonymous(mapped, huge_pages_, populate_);
   } else {
     at = ::mremap(data_, mapped_, mapped, MREMAP_MAYMOVE);
   }
@@ -94,7 +107,7 @@ absl::Status MappedBuffer::Resize(size_t bytes) {
     // Shrinking within the kept pages: clear the tail of the last one.
     std::memset(static_cast<uint8_t*>(at) + bytes, 0, mapped - bytes);
   }
-  if (mapped > mapped_ && huge_pages_) AdviseHuge(at, mapped);
+  if (mapped_ != 0 && mapped > mapped_ && huge_pages_) AdviseHugePages(at, mapped);
   data_ = at;
   size_ = bytes;
   mapped_ = mapped;

@@ -19,6 +19,19 @@
 
 namespace kvc {
 
+// Advises transparent huge pages (MADV_HUGEPAGE) on [at, at + bytes) when it
+// spans 2 MiB or more; advisory: a kernel without THP serves 4 KiB pages.
+// Besides fewer TLB misses, a block another process copies out of (UCX's cma
+// rendezvous, process_vm_readv) is pinned a 2 MiB folio at a time instead of
+// a 4 KiB page at a time (docs/BENCHMARKS.md, "huge pages").
+void AdviseHugePages(void* at, size_t bytes);
+
+// mmap of `bytes` of private anonymous memory (MAP_FAILED, errno set, on
+// failure). huge_pages: AdviseHugePages before the first fault; populate:
+// then fault every page in (MADV_POPULATE_WRITE; MAP_POPULATE would fault
+// 4 KiB pages before the advice could apply).
+void* MapAnonymous(size_t bytes, bool huge_pages, bool populate);
+
 class MappedBuffer {
  public:
   // huge_pages: advise transparent huge pages (MADV_HUGEPAGE) on every

@@ -26,6 +26,11 @@ const kvc::ServerOptions kDefaults;
 }  // namespace
 
 ABSL_FLAG(std::string, config, "", "YAML settings file; flags given on the command line override it");
+ABSL_FLAG(bool, malloc_huge_pages, true,
+          "Back the heap that holds stored blocks with transparent huge pages: when THP is in madvise mode, "
+          "re-executes itself once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (same-host UCX Gets copy blocks "
+          "out of it 1.5x faster; costs up to 2 MiB per heap in rounding and, with THP defrag on madvise, "
+          "compaction on page faults when memory is fragmented)");
 ABSL_FLAG(bool, check_config, false, "Validate the settings, print them, and exit (0 if valid)");
 ABSL_FLAG(std::string, listen_address, kDefaults.listen_address, "gRPC listen address host:port (port 0: any free port)");
 ABSL_FLAG(std::string, port_file, kDefaults.port_file, "Write the bound gRPC port to this file once serving");
@@ -156,6 +161,11 @@ int main(int argc, char** argv) {
                 kvc::FormatBytes(options->disk_capacity_bytes).c_str());
     return 0;
   }
+
+  // Before any thread: this may re-execute the process.
+  std::string huge_pages = "off (--malloc_huge_pages=false)";
+  if (absl::GetFlag(FLAGS_malloc_huge_pages)) kvc::ReexecWithHugePageMalloc(argv, &huge_pages);
+  KVC_LOG(kInfo, "malloc_huge_pages").With("state", huge_pages);
 
   // Block the shutdown signals before any thread starts, so every thread
   // inherits the mask and only sigwait below receives them.
