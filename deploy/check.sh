@@ -117,6 +117,22 @@ smoke() {
   token="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   tenant="$(cat "$dir/tenant")"
   printf '%s %s\n' "$tenant" "$token" >"$dir/tokens"
+  if [ -f "$dir/tls" ]; then
+    # components/tls: a self-signed certificate for 127.0.0.1, which is also
+    # the worker's root (its kvcached-ca Secret).
+    if ! command -v openssl >/dev/null 2>&1; then
+      echo "check.sh: openssl is not installed; skipped the TLS smoke run $v"
+      return 0
+    fi
+    if ! openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=kvcached \
+      -addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout "$dir/tls.key" -out "$dir/tls.crt" \
+      >"$dir/openssl.log" 2>&1; then
+      echo "check.sh: FAIL: smoke $v: openssl could not make a certificate:" >&2
+      sed 's/^/    /' "$dir/openssl.log" >&2
+      return 1
+    fi
+    cp "$dir/tls.crt" "$dir/ca.crt"
+  fi
   log="$dir/kvcached.log"
   "$kvcached" --config="$dir/kvcached.yaml" >"$log" 2>&1 &
   pid=$!
@@ -149,6 +165,8 @@ if env.get("FLAGS_cache_ucx"):
 if env.get("FLAGS_cache_ucx_port", "0") not in ("", "0"):
     env["FLAGS_cache_ucx_port"] = uport or "0"
 env["FLAGS_cache_token"] = token
+if env.get("FLAGS_cache_tls_ca_file"):
+    env["FLAGS_cache_tls_ca_file"] = os.path.join(os.path.dirname(sys.argv[1]), "ca.crt")
 env["FLAGS_ucx_net_devices"] = ""          # eth0 in a pod; any here
 env["FLAGS_threads"] = "1"
 env["FLAGS_steps"] = "16"

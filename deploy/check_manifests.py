@@ -792,6 +792,20 @@ def check_worker(variant, objs, dep, kc, cfg, eff, replicas, vnotes, is_root):
                         f"block; use FLAGS_cache_ucx_port (UCX to each member) or FLAGS_transport=grpc")
                 if "tcp" not in flags.get("ucx_tls", "tcp").split(","):
                     err(f"{where}: FLAGS_ucx_tls '{flags.get('ucx_tls')}' has no tcp (pods talk over the network)")
+        # --- TLS: a worker of a TLS kvcached must verify its certificate.
+        tls = bool(eff.get("tls_cert_file"))
+        ca = flags.get("cache_tls_ca_file", "")
+        if tls and not ca:
+            err(f"{where}: kvcached speaks TLS but FLAGS_cache_tls_ca_file is not set: every worker run would be "
+                f"degraded (its gRPC handshakes fail)")
+        elif not tls and ca:
+            err(f"{where}: FLAGS_cache_tls_ca_file is set but kvcached does not speak TLS")
+        elif ca:
+            ca_mounts = [m.get("mountPath", "").rstrip("/") + "/" for m in c.get("volumeMounts") or []]
+            if not any(ca.startswith(m) for m in ca_mounts):
+                err(f"{where}: FLAGS_cache_tls_ca_file {ca} is not on a mounted volume")
+            else:
+                vnotes.append(f"worker: TLS to the cache service, roots from {ca}")
         if flags.get("transport") not in (None, "auto", "ucx", "grpc"):
             err(f"{where}: FLAGS_transport '{flags.get('transport')}' is not auto|ucx|grpc")
         if not str(flags.get("cache_token", "")).startswith("<secret "):
@@ -861,7 +875,9 @@ def check_worker(variant, objs, dep, kc, cfg, eff, replicas, vnotes, is_root):
             err(f"{where}: runAsNonRoot must be true")
 
         # The environment for the local smoke run of kvc-worker-loop.
-        if is_root:
+        # Every root, and every root with components/tls (TLS end to end).
+        tls_smoke = variant.endswith("+tls") and "+" not in variant[: -len("+tls")]
+        if is_root or tls_smoke:
             smoke = os.path.join(out, "smoke", variant)
             os.makedirs(smoke, exist_ok=True)
             with open(os.path.join(smoke, "worker-env.json"), "w") as f:
@@ -873,6 +889,12 @@ def check_worker(variant, objs, dep, kc, cfg, eff, replicas, vnotes, is_root):
             if local.get("ucx_listen_address"):
                 local.update({"ucx_listen_address": "127.0.0.1:0", "ucx_port_file": os.path.join(smoke, "ucx.port"),
                               "ucx_net_devices": ""})
+            if tls_smoke:
+                # check.sh makes a certificate for 127.0.0.1 here (openssl).
+                local.update({"tls_cert_file": os.path.join(smoke, "tls.crt"),
+                              "tls_key_file": os.path.join(smoke, "tls.key")})
+                with open(os.path.join(smoke, "tls"), "w") as f:
+                    f.write("1\n")
             with open(os.path.join(smoke, "kvcached.yaml"), "w") as f:
                 yaml.safe_dump(local, f, sort_keys=False)
             with open(os.path.join(smoke, "tenant"), "w") as f:

@@ -113,6 +113,12 @@ ABSL_FLAG(std::string, transport, "auto", "generate: ucx, grpc, or auto (UCX whe
 ABSL_FLAG(std::string, ucx_tls, "", "generate: UCX transports of the client (UCX_TLS), e.g. sm or tcp");
 ABSL_FLAG(std::string, ucx_net_devices, "", "generate: UCX network devices of the client (UCX_NET_DEVICES), e.g. lo");
 ABSL_FLAG(std::string, cache_token, "", "generate: bearer token for the cache service (\"\" when it runs without auth)");
+ABSL_FLAG(std::string, cache_tls_ca_file, "",
+          "generate: PEM file of the root certificate(s) that sign the cache service's gRPC certificate; set, the "
+          "worker speaks TLS to every member (kvcached --tls_cert_file). The UCX data plane is not encrypted");
+ABSL_FLAG(std::string, cache_tls_server_name, "",
+          "generate, with --cache_tls_ca_file: the name to check the certificate against instead of the host in "
+          "--cache_service");
 ABSL_FLAG(std::string, cache_tenant, "default", "generate: tenant of the sequence's blocks (the token's tenant)");
 ABSL_FLAG(std::string, cache_model, "stories15M", "generate: model id of the sequence's blocks");
 ABSL_FLAG(int, block_tokens, 64, "generate: tokens per KV block in the cache service");
@@ -325,6 +331,19 @@ absl::Status Generate() {
     lo.client.grpc.address = absl::GetFlag(FLAGS_cache_service);
     lo.client.grpc.token = absl::GetFlag(FLAGS_cache_token);
     lo.client.grpc.timeout = absl::Seconds(10);
+    if (const std::string ca = absl::GetFlag(FLAGS_cache_tls_ca_file); !ca.empty()) {
+      std::ifstream in(ca);
+      std::stringstream pem;
+      pem << in.rdbuf();
+      if (!in || pem.str().find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--cache_tls_ca_file: '", ca, "' cannot be read or holds no PEM certificate"));
+      }
+      lo.client.grpc.tls_root_certs_pem = pem.str();
+      lo.client.grpc.tls_server_name = absl::GetFlag(FLAGS_cache_tls_server_name);
+    } else if (!absl::GetFlag(FLAGS_cache_tls_server_name).empty()) {
+      return absl::InvalidArgumentError("--cache_tls_server_name needs --cache_tls_ca_file");
+    }
     lo.client.ucx.address = absl::GetFlag(FLAGS_cache_ucx);
     lo.client.ucx.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
     lo.client.ucx.ucx.net_devices = absl::GetFlag(FLAGS_ucx_net_devices);
