@@ -1,6 +1,8 @@
 // kvc-worker: the model runtime with a chosen cache policy.
 //
 //   kvc-worker generate   --prompt="Once upon a time" --policy=cascading:budget=128
+//   kvc-worker serve      --listen_address=0.0.0.0:50061 --cache_service=HOST:PORT   (kvcache.v1.Worker over gRPC)
+//   kvc-worker ask        --worker=HOST:PORT --prompt="Once upon a time"
 //   kvc-worker perplexity --text=moby --tokens=8192 --policies="full;streaming;cascading" --budgets=64,128,256
 //   kvc-worker passkey    --filler=1024,4096 --trials=20 --policies="streaming;cascading" --budgets=128
 //   kvc-worker speed      --contexts=1024,8192,32768 --policies="full;cascading" --budgets=256
@@ -9,8 +11,11 @@
 // Policies are separated by ';' (a spec has commas: see
 // worker/cache/policy_factory.h); each policy other than "full" runs once
 // per --budgets entry with budget=B appended.
+#include <signal.h>
+
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -22,6 +27,11 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/time/time.h"
+#include "kvcache/v1/worker.grpc.pb.h"
+#include <grpcpp/grpcpp.h>
+#include <prometheus/exposer.h>
+#include <prometheus/registry.h>
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -45,6 +55,8 @@
 #include "worker/model/tokenizer.h"
 #include "worker/model/transformer.h"
 #include "worker/peer/context_parallel.h"
+#include "worker/serve/sequence.h"
+#include "worker/serve/worker_service.h"
 
 ABSL_FLAG(std::string, model, "third_party/stories15M/model.bin", "llama2.c checkpoint");
 ABSL_FLAG(std::string, tokenizer, "third_party/stories15M/tokenizer.bin", "llama2.c tokenizer");
@@ -132,7 +144,16 @@ ABSL_FLAG(std::string, context_peers, "",
 ABSL_FLAG(int64_t, context_local_tokens, 8192,
           "generate, with --context_peers: tokens a layer keeps locally before its oldest range moves to a peer");
 ABSL_FLAG(int64_t, context_range_tokens, 4096, "generate, with --context_peers: tokens per range moved to a peer");
-ABSL_FLAG(std::string, metrics_address, "", "generate: serve Prometheus /metrics here (host:port) while running");
+ABSL_FLAG(std::string, listen_address, "0.0.0.0:50061", "serve: host:port of the kvcache.v1.Worker gRPC service");
+ABSL_FLAG(int, max_queued, 8, "serve: requests that may wait for the model beside the running one (more: RESOURCE_EXHAUSTED)");
+ABSL_FLAG(int, max_tokens_limit, 4096, "serve: the most tokens one request may ask for (--steps is the default)");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(30),
+          "serve: on SIGTERM, how long admitted requests may still run (then they are cancelled)");
+ABSL_FLAG(std::string, worker, "127.0.0.1:50061", "ask: host:port of a kvc-worker serve");
+ABSL_FLAG(bool, wait_for_write_through, false,
+          "ask: the worker answers last once the cache service stored this request's blocks (so the next request "
+          "finds its prefix)");
+ABSL_FLAG(std::string, metrics_address, "", "generate, serve: serve Prometheus /metrics here (host:port) while running");
 
 namespace {
 
@@ -148,6 +169,9 @@ constexpr char kUsage[] = R"(run the model with a KV cache policy.
                         [--cache_service=H1:P1,H2:P2|dns:///NAME:PORT --cache_ucx_port=P --cache_replicas=1|2
                          --cache_member_timeout_ms=2000 --cache_write_through_disk]
                         [--context_peers=H1:P1,H2:P2 --context_local_tokens=8192 --context_range_tokens=4096]
+  kvc-worker serve      [--listen_address=0.0.0.0:50061 --policy=SPEC --steps=N(default max tokens) --max_queued=8
+                         --max_tokens_limit=4096 --shutdown_grace=30s --metrics_address=HOST:PORT] [cache flags as generate]
+  kvc-worker ask        [--worker=HOST:PORT --prompt=TEXT --steps=N --temperature=T --top_p=P --seed=S --wait_for_write_through]
   kvc-worker perplexity [--text=moby|generated|FILE --tokens=N --policies=A;B --budgets=64,128 --stride=16]
   kvc-worker passkey    [--filler=1024,4096 --trials=20 --policies=A;B --budgets=...]
   kvc-worker speed      [--contexts=1024,8192,32768 --policies=A;B --budgets=...]
@@ -289,6 +313,49 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> TextStreams(Runtime& r, int co
   return streams;
 }
 
+// The cache-service link of --cache_service and the flags around it.
+absl::StatusOr<kvc::ServiceLinkOptions> LinkOptionsFromFlags() {
+  kvc::ServiceLinkOptions lo;
+  lo.client.transport = absl::GetFlag(FLAGS_transport);
+  lo.client.grpc.address = absl::GetFlag(FLAGS_cache_service);
+  lo.client.grpc.token = absl::GetFlag(FLAGS_cache_token);
+  lo.client.grpc.timeout = absl::Seconds(10);
+  if (const std::string ca = absl::GetFlag(FLAGS_cache_tls_ca_file); !ca.empty()) {
+    std::ifstream in(ca);
+    std::stringstream pem;
+    pem << in.rdbuf();
+    if (!in || pem.str().find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--cache_tls_ca_file: '", ca, "' cannot be read or holds no PEM certificate"));
+    }
+    lo.client.grpc.tls_root_certs_pem = pem.str();
+    lo.client.grpc.tls_server_name = absl::GetFlag(FLAGS_cache_tls_server_name);
+  } else if (!absl::GetFlag(FLAGS_cache_tls_server_name).empty()) {
+    return absl::InvalidArgumentError("--cache_tls_server_name needs --cache_tls_ca_file");
+  }
+  lo.client.ucx.address = absl::GetFlag(FLAGS_cache_ucx);
+  lo.client.ucx.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
+  lo.client.ucx.ucx.net_devices = absl::GetFlag(FLAGS_ucx_net_devices);
+  lo.client.ucx.timeout = absl::Seconds(10);
+  // Several members: blocks placed over them by rendezvous hashing (worker/kv/cluster_block_client.h).
+  KVC_ASSIGN_OR_RETURN(lo.cluster, kvc::ParseClusterTarget(absl::GetFlag(FLAGS_cache_service)));
+  lo.cluster.ucx_port = absl::GetFlag(FLAGS_cache_ucx_port);
+  lo.cluster.replicas = absl::GetFlag(FLAGS_cache_replicas);
+  lo.cluster.member_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_cache_member_timeout_ms));
+  lo.cluster.down_backoff = absl::Milliseconds(absl::GetFlag(FLAGS_cache_member_backoff_ms));
+  if (!lo.cluster.single() && !lo.client.ucx.address.empty()) {
+    return absl::InvalidArgumentError(
+        "--cache_ucx is one member's UCX address; with several members give --cache_ucx_port");
+  }
+  lo.writer.write_through_disk = absl::GetFlag(FLAGS_cache_write_through_disk);
+  lo.sync.tenant = absl::GetFlag(FLAGS_cache_tenant);
+  lo.sync.model = absl::GetFlag(FLAGS_cache_model);
+  lo.sync.block_tokens = absl::GetFlag(FLAGS_block_tokens);
+  lo.prefix_reuse = absl::GetFlag(FLAGS_prefix_reuse);
+  lo.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  return lo;
+}
+
 absl::Status Generate() {
   KVC_ASSIGN_OR_RETURN(Runtime r, LoadRuntime());
   kvc::model::SamplerOptions so;
@@ -322,104 +389,44 @@ absl::Status Generate() {
   }
   // With a cache service: write-through, rehydration, the cached prefix.
   std::unique_ptr<kvc::ServiceLink> link;
-  std::unique_ptr<kvc::WriteThroughCache> synced;
-  kvc::PrefixLoad load;
-  const auto t_start = std::chrono::steady_clock::now();
   if (!absl::GetFlag(FLAGS_cache_service).empty()) {
-    kvc::ServiceLinkOptions lo;
-    lo.client.transport = absl::GetFlag(FLAGS_transport);
-    lo.client.grpc.address = absl::GetFlag(FLAGS_cache_service);
-    lo.client.grpc.token = absl::GetFlag(FLAGS_cache_token);
-    lo.client.grpc.timeout = absl::Seconds(10);
-    if (const std::string ca = absl::GetFlag(FLAGS_cache_tls_ca_file); !ca.empty()) {
-      std::ifstream in(ca);
-      std::stringstream pem;
-      pem << in.rdbuf();
-      if (!in || pem.str().find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--cache_tls_ca_file: '", ca, "' cannot be read or holds no PEM certificate"));
-      }
-      lo.client.grpc.tls_root_certs_pem = pem.str();
-      lo.client.grpc.tls_server_name = absl::GetFlag(FLAGS_cache_tls_server_name);
-    } else if (!absl::GetFlag(FLAGS_cache_tls_server_name).empty()) {
-      return absl::InvalidArgumentError("--cache_tls_server_name needs --cache_tls_ca_file");
-    }
-    lo.client.ucx.address = absl::GetFlag(FLAGS_cache_ucx);
-    lo.client.ucx.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
-    lo.client.ucx.ucx.net_devices = absl::GetFlag(FLAGS_ucx_net_devices);
-    lo.client.ucx.timeout = absl::Seconds(10);
-    // Several members: blocks placed over them by rendezvous hashing (worker/kv/cluster_block_client.h).
-    KVC_ASSIGN_OR_RETURN(lo.cluster, kvc::ParseClusterTarget(absl::GetFlag(FLAGS_cache_service)));
-    lo.cluster.ucx_port = absl::GetFlag(FLAGS_cache_ucx_port);
-    lo.cluster.replicas = absl::GetFlag(FLAGS_cache_replicas);
-    lo.cluster.member_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_cache_member_timeout_ms));
-    lo.cluster.down_backoff = absl::Milliseconds(absl::GetFlag(FLAGS_cache_member_backoff_ms));
-    if (!lo.cluster.single() && !lo.client.ucx.address.empty()) {
-      return absl::InvalidArgumentError(
-          "--cache_ucx is one member's UCX address; with several members give --cache_ucx_port");
-    }
-    lo.writer.write_through_disk = absl::GetFlag(FLAGS_cache_write_through_disk);
-    lo.sync.tenant = absl::GetFlag(FLAGS_cache_tenant);
-    lo.sync.model = absl::GetFlag(FLAGS_cache_model);
-    lo.sync.block_tokens = absl::GetFlag(FLAGS_block_tokens);
-    lo.prefix_reuse = absl::GetFlag(FLAGS_prefix_reuse);
-    lo.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+    KVC_ASSIGN_OR_RETURN(kvc::ServiceLinkOptions lo, LinkOptionsFromFlags());
     KVC_ASSIGN_OR_RETURN(link, kvc::ServiceLink::Start(lo));
-    KVC_ASSIGN_OR_RETURN(synced, link->Attach(r.model->config(), std::move(policy)));
-    const int64_t align = absl::GetFlag(FLAGS_prefix_exact) ? r.model->options().max_chunk : lo.sync.block_tokens;
-    KVC_ASSIGN_OR_RETURN(load, link->LoadPrefix(r.model->config(), prompt, *synced, align));
   }
-  std::vector<float> logits(r.model->config().vocab_size);
-  if (synced) synced->AppendTokens(absl::MakeConstSpan(prompt).subspan(load.tokens));
-  absl::Status prefilled = r.model->Forward(absl::MakeConstSpan(prompt).subspan(load.tokens), load.tokens,
-                                            synced ? static_cast<kvc::cache::CachePolicy&>(*synced) : *policy,
-                                            logits.data());
-  if (!prefilled.ok() && load.tokens > 0) {
-    // A streamed prefix block could not be had after all: the whole prompt, computed.
-    std::fprintf(stderr, "kvc-worker: cached prefix unusable (%s); computing the prompt\n",
-                 std::string(prefilled.message()).c_str());
-    KVC_ASSIGN_OR_RETURN(auto fresh, kvc::cache::MakePolicy(r.model->config(), absl::GetFlag(FLAGS_policy)));
-    KVC_ASSIGN_OR_RETURN(synced, link->Attach(r.model->config(), std::move(fresh)));
-    load = kvc::PrefixLoad{};
-    synced->AppendTokens(prompt);
-    prefilled = r.model->Forward(prompt, 0, *synced, logits.data());
-  }
-  KVC_RETURN_IF_ERROR(prefilled);
-  kvc::cache::CachePolicy& cache = synced ? static_cast<kvc::cache::CachePolicy&>(*synced) : *policy;
-  const double ttft = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  kvc::model::Sampler sampler(so);
-  std::string out = r.tokenizer->DecodeAll(prompt);
-  std::fputs(out.c_str(), stdout);
-  int32_t prev = prompt.back();
-  const auto t0 = std::chrono::steady_clock::now();
-  int steps = 0;
-  for (; steps < absl::GetFlag(FLAGS_steps); ++steps) {
-    const int32_t next = sampler.Sample(logits);
-    if (next == 1 || next == 2) break;
-    std::fputs(r.tokenizer->Decode(prev, next).c_str(), stdout);
-    std::fflush(stdout);
-    prev = next;
-    if (synced) synced->AppendTokens(absl::MakeConstSpan(&next, 1));
-    KVC_RETURN_IF_ERROR(r.model->Forward(absl::MakeConstSpan(&next, 1), prompt.size() + steps, cache, logits.data()));
-  }
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::fputs(r.tokenizer->DecodeAll(prompt).c_str(), stdout);
+  kvc::serve::SequenceParams sp;
+  sp.prompt = prompt;
+  sp.max_tokens = absl::GetFlag(FLAGS_steps);
+  sp.sampler = so;
+  sp.prefix_align = absl::GetFlag(FLAGS_prefix_exact) ? r.model->options().max_chunk : absl::GetFlag(FLAGS_block_tokens);
+  // The policy built above; should the cached prefix prove unusable, a fresh one of --policy.
+  auto make_policy = [&]() -> absl::StatusOr<std::unique_ptr<kvc::cache::CachePolicy>> {
+    if (policy) return std::move(policy);
+    return kvc::cache::MakePolicy(r.model->config(), absl::GetFlag(FLAGS_policy));
+  };
+  KVC_ASSIGN_OR_RETURN(const kvc::serve::SequenceResult res,
+                       kvc::serve::RunSequence(*r.model, link.get(), make_policy, sp, [&](int32_t prev, int32_t next) {
+                         std::fputs(r.tokenizer->Decode(prev, next).c_str(), stdout);
+                         std::fflush(stdout);
+                         return true;
+                       }));
+  if (res.prefix_unusable) std::fprintf(stderr, "\nkvc-worker: cached prefix unusable; the prompt was computed\n");
   std::fprintf(stderr, "\n%d tokens in %.2f s: %.1f tokens/s (policy %s, resident KV %s); first token after %.1f ms\n",
-               steps, s, steps / std::max(s, 1e-9), cache.name().c_str(), Bytes(cache.stats().resident_bytes).c_str(),
-               ttft * 1e3);
+               res.generated, res.decode_seconds, res.generated / std::max(res.decode_seconds, 1e-9), res.policy.c_str(),
+               Bytes(res.resident_bytes).c_str(), res.first_token_seconds * 1e3);
   if (link) {
     // Wait for the write-through to finish, but not for a service that is
     // away (degraded): what is queued then is lost with the process.
     const absl::Status flushed =
         link->writer().Flush(link->writer().degraded() ? absl::Seconds(2) : absl::Seconds(30));
-    link->Finish(*synced);
     const kvc::BlockWriterStats ws = link->writer().stats();
     std::fprintf(stderr,
                  "cache service (%s): prefix %lld of %zu prompt tokens loaded (%lld blocks per layer); write-through "
                  "stored %llu blocks (%s), dropped %llu, rejected %llu%s%s%s\n",
-                 std::string(link->client().transport()).c_str(), static_cast<long long>(load.tokens), prompt.size(),
-                 static_cast<long long>(load.blocks), static_cast<unsigned long long>(ws.stored),
+                 std::string(link->client().transport()).c_str(), static_cast<long long>(res.prefix_tokens), prompt.size(),
+                 static_cast<long long>(res.prefix_blocks), static_cast<unsigned long long>(ws.stored),
                  Bytes(ws.stored_bytes).c_str(), static_cast<unsigned long long>(ws.dropped),
-                 static_cast<unsigned long long>(ws.rejected), synced->offloaded() ? "; full context kept in the service" : "",
+                 static_cast<unsigned long long>(ws.rejected), res.offloaded ? "; full context kept in the service" : "",
                  ws.degraded ? "; DEGRADED: the service was unreachable" : "",
                  flushed.ok() ? "" : absl::StrCat("; not flushed: ", flushed.message()).c_str());
     if (const kvc::ClusterBlockClient* c = link->cluster(); c != nullptr) {
@@ -433,6 +440,98 @@ absl::Status Generate() {
     }
   }
   std::printf("\n");
+  return absl::OkStatus();
+}
+
+// `serve`: the kvcache.v1.Worker gRPC service until SIGTERM or SIGINT.
+absl::Status Serve() {
+  // Before any thread: only sigwait below takes the shutdown signals.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+  if (!absl::GetFlag(FLAGS_context_peers).empty()) {
+    return absl::InvalidArgumentError("serve: --context_peers is for generate only (one sequence per shard set)");
+  }
+  KVC_ASSIGN_OR_RETURN(Runtime r, LoadRuntime());
+  std::unique_ptr<kvc::ServiceLink> link;
+  if (!absl::GetFlag(FLAGS_cache_service).empty()) {
+    KVC_ASSIGN_OR_RETURN(kvc::ServiceLinkOptions lo, LinkOptionsFromFlags());
+    KVC_ASSIGN_OR_RETURN(link, kvc::ServiceLink::Start(lo));
+  }
+  auto registry = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (link != nullptr) {
+    link->ExposeToo(registry);
+  } else if (const std::string m = absl::GetFlag(FLAGS_metrics_address); !m.empty()) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(m, 1);
+    } catch (const std::exception& e) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot serve metrics on ", m, ": ", e.what()));
+    }
+    exposer->RegisterCollectable(registry);
+  }
+  kvc::serve::WorkerServiceOptions so;
+  so.listen_address = absl::GetFlag(FLAGS_listen_address);
+  so.policy = absl::GetFlag(FLAGS_policy);
+  so.max_queued = absl::GetFlag(FLAGS_max_queued);
+  so.max_tokens_limit = absl::GetFlag(FLAGS_max_tokens_limit);
+  so.default_max_tokens = std::min(absl::GetFlag(FLAGS_steps), so.max_tokens_limit);
+  so.prefix_align = absl::GetFlag(FLAGS_prefix_exact) ? r.model->options().max_chunk : 0;
+  KVC_ASSIGN_OR_RETURN(auto server,
+                       kvc::serve::WorkerServer::Start(so, r.model.get(), r.tokenizer.get(), link.get(), registry.get()));
+  std::fprintf(stderr, "kvc-worker: serving kvcache.v1.Worker on port %d (policy %s%s)\n", server->port(),
+               so.policy.c_str(), link ? ", with the cache service" : ", no cache service");
+  int sig = 0;
+  sigwait(&signals, &sig);
+  server->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));
+  if (link) {
+    // What is queued goes out, but not to a service that is away.
+    const absl::Status flushed =
+        link->writer().Flush(link->writer().degraded() ? absl::Seconds(2) : absl::Seconds(30));
+    if (!flushed.ok()) std::fprintf(stderr, "kvc-worker: write-through not flushed: %s\n", std::string(flushed.message()).c_str());
+  }
+  return absl::OkStatus();
+}
+
+// `ask`: one Generate request to a `serve`, its text to stdout as it comes.
+absl::Status Ask() {
+  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_worker), grpc::InsecureChannelCredentials());
+  auto stub = kvcache::v1::Worker::NewStub(channel);
+  kvcache::v1::GenerateRequest req;
+  req.set_prompt(absl::GetFlag(FLAGS_prompt));
+  req.set_max_tokens(absl::GetFlag(FLAGS_steps));
+  req.set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
+  req.set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+  req.set_seed(absl::GetFlag(FLAGS_seed));
+  req.set_wait_for_write_through(absl::GetFlag(FLAGS_wait_for_write_through));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
+  std::fputs(req.prompt().c_str(), stdout);
+  auto reader = stub->Generate(&ctx, req);
+  kvcache::v1::GenerateResponse resp;
+  kvcache::v1::GenerateDone done;
+  while (reader->Read(&resp)) {
+    std::fputs(resp.text().c_str(), stdout);
+    std::fflush(stdout);
+    if (resp.has_done()) done = resp.done();
+  }
+  const grpc::Status s = reader->Finish();
+  std::printf("\n");
+  if (!s.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                        absl::StrCat("worker ", absl::GetFlag(FLAGS_worker), ": ", s.error_message()));
+  }
+  std::fprintf(stderr,
+               "worker %s: prefix %d of %d prompt tokens loaded; %d tokens (%s), first token after %.1f ms (queued "
+               "%.1f ms), %.1f tokens/s; %lld blocks written through; policy %s, resident KV %s%s\n",
+               absl::GetFlag(FLAGS_worker).c_str(), done.prefix_tokens_loaded(), done.prompt_tokens(),
+               done.generated_tokens(), done.finish_reason().c_str(), done.first_token_ms(), done.queued_ms(),
+               done.tokens_per_second(), static_cast<long long>(done.blocks_written()), done.policy().c_str(),
+               Bytes(static_cast<size_t>(done.resident_kv_bytes())).c_str(),
+               done.degraded() ? "; DEGRADED: the cache service was unreachable" : "");
   return absl::OkStatus();
 }
 
@@ -641,6 +740,10 @@ int main(int argc, char** argv) {
   absl::Status s;
   if (cmd == "generate") {
     s = Generate();
+  } else if (cmd == "serve") {
+    s = Serve();
+  } else if (cmd == "ask") {
+    s = Ask();
   } else if (cmd == "perplexity") {
     s = Perplexity();
   } else if (cmd == "passkey") {
@@ -650,7 +753,7 @@ int main(int argc, char** argv) {
   } else if (cmd == "less-train") {
     s = LessTrain();
   } else {
-    std::fprintf(stderr, "kvc-worker: unknown command \"%s\" (generate, perplexity, passkey, speed, less-train)\n", cmd.c_str());
+    std::fprintf(stderr, "kvc-worker: unknown command \"%s\" (generate, serve, ask, perplexity, passkey, speed, less-train)\n", cmd.c_str());
     return 2;
   }
   if (!s.ok()) {

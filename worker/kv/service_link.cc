@@ -65,6 +65,10 @@ absl::StatusOr<std::unique_ptr<ServiceLink>> ServiceLink::Start(const ServiceLin
 
 ServiceLink::ServiceLink(const ServiceLinkOptions& options) : options_(options) {}
 
+void ServiceLink::ExposeToo(const std::shared_ptr<prometheus::Collectable>& c) {
+  if (exposer_ != nullptr) exposer_->RegisterCollectable(c);
+}
+
 ServiceLink::~ServiceLink() = default;
 
 absl::StatusOr<std::unique_ptr<WriteThroughCache>> ServiceLink::Attach(const model::ModelConfig& config,

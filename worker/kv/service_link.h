@@ -85,6 +85,8 @@ class ServiceLink {
   const ServiceLinkOptions& options() const { return options_; }
   // The bound metrics port, 0 when disabled.
   int metrics_port() const { return metrics_port_; }
+  // Serves `c` on the link's metrics endpoint too (nothing when disabled).
+  void ExposeToo(const std::shared_ptr<prometheus::Collectable>& c);
 
  private:
   explicit ServiceLink(const ServiceLinkOptions& options);
