@@ -107,19 +107,52 @@ if not KNOWN:
     err(f"{rel(opts_cc)}: cannot read kvcached's config keys")
 
 WORKER_FLAGS = set()
+WORKER_DEFAULTS = {}  # flag -> default as a flag value ("0.0.0.0:50061", "30s"), where readable
 worker_main = os.path.join(repo, "worker", "kvc_worker_main.cc")
 if os.path.exists(worker_main):
-    WORKER_FLAGS = set(re.findall(r"ABSL_FLAG\(\s*[\w:]+\s*,\s*(\w+)\s*,", open(worker_main).read()))
+    t = open(worker_main).read()
+    WORKER_FLAGS = set(re.findall(r"ABSL_FLAG\(\s*[\w:]+\s*,\s*(\w+)\s*,", t))
+    for name, d in re.findall(r'ABSL_FLAG\(\s*[\w:]+\s*,\s*(\w+)\s*,\s*("(?:[^"\\]|\\.)*"|[^,]+?)\s*,', t):
+        m = re.fullmatch(r"absl::Seconds\((\d+)\)", d)
+        WORKER_DEFAULTS[name] = d[1:-1] if d.startswith('"') else (m.group(1) + "s" if m else d)
 if not WORKER_FLAGS:
     err(f"{rel(worker_main)}: cannot read kvc-worker's flags")
+# `kvc-worker serve` on SIGTERM: admitted requests get --shutdown_grace, then
+# the write-through is flushed for up to this long (worker/kvc_worker_main.cc,
+# Serve()).
+WORKER_FLUSH_SECONDS = 30
+# Flags `kvc-worker serve` ignores: a request carries them (GenerateRequest),
+# or they are `ask`'s. Left in the worker's environment they mislead.
+WORKER_REQUEST_FLAGS = ("prompt", "temperature", "top_p", "seed", "worker", "wait_for_write_through")
 
 # Files baked into the worker image: COPY destinations under /opt of
 # kvc-worker.Dockerfile, and the model's size (the llama2.c checkpoint and
 # tokenizer of scripts/fetch_data.sh).
 worker_df = os.path.join(deploy, "docker", "kvc-worker.Dockerfile")
 BAKED_DIRS = []
+# The image's entrypoint: the file of the repository that ENTRYPOINT runs
+# (COPYed from the context), which must exec `kvc-worker serve` so SIGTERM
+# reaches kvc-worker. The smoke run of check.sh starts the same file.
+WORKER_ENTRYPOINT = None
 if os.path.exists(worker_df):
-    BAKED_DIRS = re.findall(r"^COPY\s+--from=\S+\s+\S+\s+(/opt/\S+)", open(worker_df).read(), re.M)
+    t = open(worker_df).read()
+    BAKED_DIRS = re.findall(r"^COPY\s+--from=\S+\s+\S+\s+(/opt/\S+)", t, re.M)
+    eps = re.findall(r'^ENTRYPOINT\s+\[\s*"([^"]+)"', t, re.M)
+    copies = {dst: src for src, dst in re.findall(r"^COPY\s+(?!--)(\S+)\s+(\S+)\s*$", t, re.M)}
+    if not eps:
+        err(f"{rel(worker_df)}: no ENTRYPOINT [\"...\"] (exec form)")
+    elif eps[-1] not in copies:
+        err(f"{rel(worker_df)}: ENTRYPOINT {eps[-1]} is not a file COPYed from the repository")
+    else:
+        WORKER_ENTRYPOINT = os.path.join(repo, copies[eps[-1]])
+        if not os.path.isfile(WORKER_ENTRYPOINT):
+            err(f"{rel(worker_df)}: ENTRYPOINT {eps[-1]} is COPYed from {copies[eps[-1]]}, which does not exist")
+            WORKER_ENTRYPOINT = None
+        elif not re.search(r"^\s*exec\s+\S+\s+serve\b", open(WORKER_ENTRYPOINT).read(), re.M):
+            err(f"{rel(WORKER_ENTRYPOINT)}: the worker image's entrypoint must `exec <kvc-worker> serve ...` "
+                f"(exec: SIGTERM must reach kvc-worker, which drains and flushes)")
+else:
+    err(f"{rel(worker_df)}: missing")
 MODEL_BYTES = {}
 fetch = os.path.join(repo, "scripts", "fetch_data.sh")
 if os.path.exists(fetch):
@@ -734,10 +767,29 @@ def check_worker(variant, objs, dep, kc, cfg, eff, replicas, vnotes, is_root):
         for f in sorted(flags):
             if WORKER_FLAGS and f not in WORKER_FLAGS:
                 err(f"{where}: FLAGS_{f} is not a kvc-worker flag (kvc-worker would refuse to run)")
+        # args follow the FLAGS_* ones on serve's command line
+        # (kvc-worker-serve "$@"), so they win; kubelet expands $(VAR) in them.
         for a in c.get("args") or []:
-            m = re.match(r"--([a-z_0-9]+)=", str(a))
-            if m and WORKER_FLAGS and m.group(1) not in WORKER_FLAGS:
+            a = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), str(a))
+            m = re.fullmatch(r"--([a-z_0-9]+)(?:=(.*))?", a, re.S)
+            if not m:
+                err(f"{where}: arg '{a}' is not a --flag or --flag=value")
+                continue
+            name, value = m.group(1), m.group(2)
+            if value is None and name not in WORKER_FLAGS and name.startswith("no") and name[2:] in WORKER_FLAGS:
+                name, value = name[2:], "false"
+            if WORKER_FLAGS and name not in WORKER_FLAGS:
                 err(f"{where}: arg {a} is not a kvc-worker flag")
+            flags[name] = "true" if value is None else value
+        if c.get("command"):
+            err(f"{where}: container 'command' replaces the image's entrypoint (kvc-worker-serve, which execs "
+                f"`kvc-worker serve` with the FLAGS_* variables); pass flags as FLAGS_* or args instead")
+        for f in WORKER_REQUEST_FLAGS:
+            if f in flags:
+                err(f"{where}: FLAGS_{f} is not a setting of `kvc-worker serve` (a request carries it, or it is "
+                    f"`ask`'s); drop it")
+        if flags.get("context_peers"):
+            err(f"{where}: FLAGS_context_peers is for `kvc-worker generate` only; serve refuses to start with it")
 
         # --- the cache service, by Service DNS name
         gport = split_hostport(eff.get("listen_address", "127.0.0.1:50051"), "listen_address")[1]
@@ -847,41 +899,110 @@ def check_worker(variant, objs, dep, kc, cfg, eff, replicas, vnotes, is_root):
         if flags.get("threads") and not flags["threads"].isdigit():
             err(f"{where}: FLAGS_threads '{flags['threads']}' is not a number")
 
-        # --- metrics and probes
+        # --- the Worker gRPC service: port, probes, Service, PDB
         cports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+        la = flags.get("listen_address", WORKER_DEFAULTS.get("listen_address", ""))
+        _, lport = split_hostport(la, "FLAGS_listen_address")
+        if not binds_all(la):
+            err(f"{where}: FLAGS_listen_address '{la}' must bind all interfaces in a pod (0.0.0.0:PORT)")
+        if cports.get("grpc") != lport:
+            err(f"{where}: containerPort 'grpc' {cports.get('grpc')} != FLAGS_listen_address port {lport}")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            pr = c.get(probe)
+            if not pr:
+                err(f"{where}: missing {probe}")
+                continue
+            g = pr.get("grpc") or {}
+            if g.get("port") != lport or any(h in pr for h in ("exec", "httpGet", "tcpSocket")):
+                err(f"{where}: {probe} must be a grpc probe (grpc.health.v1 of kvc-worker serve) on the grpc "
+                    f"port {lport}")
+            elif g.get("service"):
+                err(f"{where}: {probe} asks the health of service '{g['service']}'; kvc-worker answers for the "
+                    f"server as a whole (leave 'service' out)")
+        svcs = [(n, s) for (k, n), s in objs.items() if k == "Service"
+                and labels_match((s.get("spec") or {}).get("selector") or {}, labels)]
+        to_grpc = []
+        for n, s in svcs:
+            for sp in (s.get("spec") or {}).get("ports") or []:
+                tp = resolve_target_port(sp, c)
+                if tp is None:
+                    err(f"{variant}: Service/{n}: targetPort '{sp.get('targetPort')}' is not a kvc-worker "
+                        f"container port")
+                elif tp == lport:
+                    to_grpc.append(f"{n}:{sp.get('port')}")
+        if not svcs:
+            err(f"{where}: no Service selects the worker pods: clients have no address to send requests to")
+        elif not to_grpc:
+            err(f"{where}: no port of the Service(s) {', '.join(n for n, _ in svcs)} leads to the grpc port {lport}")
+        else:
+            vnotes.append(f"worker: serves kvcache.v1.Worker on port {lport}, Service {', '.join(to_grpc)}")
+        wreplicas = (dep.get("spec") or {}).get("replicas", 1)
+        pdbs = [d for (k, _), d in objs.items() if k == "PodDisruptionBudget"
+                and labels_match(((d.get("spec") or {}).get("selector") or {}).get("matchLabels"), labels)]
+        if not pdbs:
+            err(f"{where}: no PodDisruptionBudget selects the worker pods")
+        for d in pdbs:
+            ds = d.get("spec") or {}
+            mu = ds.get("maxUnavailable")
+            if ds.get("minAvailable") is not None and wreplicas <= 1:
+                err(f"{variant}: PodDisruptionBudget/{d['metadata']['name']}: minAvailable with one worker "
+                    f"blocks every node drain; use maxUnavailable: 1")
+            elif isinstance(mu, int) and wreplicas > 1 and mu >= wreplicas:
+                err(f"{variant}: PodDisruptionBudget/{d['metadata']['name']}: maxUnavailable {mu} lets every "
+                    f"worker go at once")
+
+        # --- shutdown: preStop, then SIGTERM: drain (shutdown_grace), flush the write-through
+        sg = absl_duration(flags.get("shutdown_grace", WORKER_DEFAULTS.get("shutdown_grace", "30s")),
+                           "FLAGS_shutdown_grace")
+        tgps = pod.get("terminationGracePeriodSeconds", 30)
+        pre = 0.0
+        ps = ((c.get("lifecycle") or {}).get("preStop") or {})
+        cmd = (ps.get("exec") or {}).get("command") or []
+        if len(cmd) >= 2 and os.path.basename(str(cmd[0])) == "sleep":
+            pre = float(cmd[1])
+        if "seconds" in (ps.get("sleep") or {}):
+            pre = float(ps["sleep"]["seconds"])
+        flush = WORKER_FLUSH_SECONDS if flags.get("cache_service") else 0
+        if not tgps > sg + pre + flush:
+            err(f"{where}: terminationGracePeriodSeconds ({tgps}s) must exceed FLAGS_shutdown_grace ({sg:g}s) + "
+                f"preStop sleep ({pre:g}s) + the write-through flush (up to {flush}s)")
+        else:
+            vnotes.append(f"worker shutdown: terminationGracePeriodSeconds {tgps}s > preStop {pre:g}s + "
+                          f"shutdown_grace {sg:g}s + flush {flush}s")
+
+        # --- metrics
         ma = flags.get("metrics_address")
         if ma:
             _, mport = split_hostport(ma, "FLAGS_metrics_address")
             if not binds_all(ma):
                 err(f"{where}: FLAGS_metrics_address must bind all interfaces (0.0.0.0:PORT)")
+            if mport == lport:
+                err(f"{where}: FLAGS_metrics_address port {mport} is the gRPC port")
             if cports.get("metrics") != mport:
                 err(f"{where}: containerPort 'metrics' {cports.get('metrics')} != FLAGS_metrics_address port {mport}")
             ann = (pod_template(dep).get("metadata") or {}).get("annotations") or {}
             if ann.get("prometheus.io/scrape") == "true" and str(ann.get("prometheus.io/port")) != str(mport):
                 err(f"{where}: prometheus.io/port annotation != FLAGS_metrics_address port {mport}")
-        state = env.get("KVC_WORKER_STATE_DIR", "/tmp/kvc-worker")
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            pr = c.get(probe)
-            if not pr:
-                err(f"{where}: missing {probe}")
-            elif not any(state in str(a) for a in (pr.get("exec") or {}).get("command") or []):
-                err(f"{where}: {probe} does not read kvc-worker-loop's heartbeat in {state}")
+        elif "metrics" in cports:
+            err(f"{where}: containerPort 'metrics' is declared but FLAGS_metrics_address is not set")
+
         sc = c.get("securityContext") or {}
         if not sc.get("readOnlyRootFilesystem"):
             err(f"{where}: readOnlyRootFilesystem must be true")
-        elif not any(state.startswith(m.rstrip("/") + "/") for m in mounts):
-            err(f"{where}: {state} (heartbeats) is not on a writable volume; the root filesystem is read-only")
         if not (sc.get("runAsNonRoot") or (pod.get("securityContext") or {}).get("runAsNonRoot")):
             err(f"{where}: runAsNonRoot must be true")
 
-        # The environment for the local smoke run of kvc-worker-loop.
-        # Every root, and every root with components/tls (TLS end to end).
+        # The environment for the local smoke run of the image's entrypoint
+        # (FLAGS_* with the args folded in), for every root and every root with
+        # components/tls (TLS end to end).
         tls_smoke = variant.endswith("+tls") and "+" not in variant[: -len("+tls")]
-        if is_root or tls_smoke:
+        if (is_root or tls_smoke) and WORKER_ENTRYPOINT:
             smoke = os.path.join(out, "smoke", variant)
             os.makedirs(smoke, exist_ok=True)
             with open(os.path.join(smoke, "worker-env.json"), "w") as f:
-                json.dump({k: v for k, v in env.items() if k.startswith(("FLAGS_", "KVC_WORKER_"))}, f, indent=1)
+                json.dump({"FLAGS_" + k: v for k, v in flags.items()}, f, indent=1)
+            with open(os.path.join(smoke, "entrypoint"), "w") as f:
+                f.write(WORKER_ENTRYPOINT + "\n")
             local = dict(cfg)
             local.update({"listen_address": "127.0.0.1:0", "port_file": os.path.join(smoke, "grpc.port"),
                           "metrics_address": "", "data_dir": os.path.join(smoke, "data"),

@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # Image for the inference worker: kvc-worker (CPU build), the stories15M
-# model baked in, and kvc-worker-loop as the entrypoint.
+# model baked in, and kvc-worker-serve (`kvc-worker serve`) as the entrypoint.
 #
 # Build from the repository root (the context must be the repo, not this folder):
 #   docker build -f deploy/docker/kvc-worker.Dockerfile -t kvc-worker:dev .
@@ -71,8 +71,8 @@ RUN groupadd --system --gid 10001 kvcache \
 
 COPY --from=builder /out/kvc-worker /usr/local/bin/kvc-worker
 COPY --from=builder /out/models/stories15M/ /opt/kvc/models/stories15M/
-COPY deploy/docker/kvc-worker-loop.sh /usr/local/bin/kvc-worker-loop
-RUN chmod 0755 /usr/local/bin/kvc-worker-loop \
+COPY deploy/docker/kvc-worker-serve.sh /usr/local/bin/kvc-worker-serve
+RUN chmod 0755 /usr/local/bin/kvc-worker-serve \
  && chmod 0644 /opt/kvc/models/stories15M/model.bin /opt/kvc/models/stories15M/tokenizer.bin
 
 # Fail the image build, not the first pod start: a missing shared library, or
@@ -88,14 +88,16 @@ RUN set -e; \
 USER 10001:10001
 WORKDIR /tmp
 
-# 9465: /metrics of the running sequence (FLAGS_metrics_address).
-EXPOSE 9465
+# 50061: kvcache.v1.Worker and grpc.health.v1 (FLAGS_listen_address, plaintext).
+# 9465: Prometheus /metrics (FLAGS_metrics_address).
+EXPOSE 50061 9465
 
-# kvc-worker-loop is PID 1: it repeats `kvc-worker generate` with the flags
-# in FLAGS_* environment variables; on SIGTERM it lets the run in progress
-# finish and exits. Arguments (CMD) are added to every run.
+# kvc-worker-serve execs `kvc-worker serve --tryfromenv=<every FLAGS_* name
+# set>`, so kvc-worker is PID 1 and gets SIGTERM itself: it drains (requests
+# admitted finish within --shutdown_grace), flushes its write-through and
+# exits 0. Arguments (CMD) are added to serve's command line.
 ENV FLAGS_model=/opt/kvc/models/stories15M/model.bin \
     FLAGS_tokenizer=/opt/kvc/models/stories15M/tokenizer.bin
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["/usr/local/bin/kvc-worker-loop"]
+ENTRYPOINT ["/usr/local/bin/kvc-worker-serve"]
 CMD []
